@@ -1,0 +1,64 @@
+//! The `lungstream` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+mod inspect;
+mod phantom;
+
+#[derive(Parser)]
+#[command(name = "lungstream", version, about = "COVID-19 pneumonia analysis of chest CT series")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the CT series found under the given files and folders: which stack would be
+    /// analysed, the other candidates, and why other files were skipped.
+    Inspect(inspect::InspectArgs),
+    /// Write a synthetic chest CT series as DICOM files, with its ground truth as JSON.
+    Phantom(phantom::PhantomArgs),
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(args) => inspect::run(&args),
+        Command::Phantom(args) => phantom::run(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr; `LUNGSTREAM_LOG` (or `RUST_LOG`) sets the filter. By default only
+/// errors of the DICOM crates show: they warn about every odd attribute they tolerate,
+/// and the reader reports what matters as reason codes.
+fn init_logging() {
+    let filter = std::env::var("LUNGSTREAM_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "warn,dicom_parser=error,dicom_object=error,dicom_encoding=error".to_string());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Checks that every input path exists, so a typo is reported as such rather than as an
+/// empty folder.
+pub(crate) fn check_inputs(paths: &[PathBuf]) -> anyhow::Result<()> {
+    for path in paths {
+        std::fs::metadata(path).with_context(|| format!("cannot read input {}", path.display()))?;
+    }
+    Ok(())
+}

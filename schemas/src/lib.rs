@@ -1,0 +1,144 @@
+//! Types shared by every lungstream stage: the stable reason codes that say why an input
+//! was rejected.
+//!
+//! A reason code is part of the public contract: it appears in dead-letter events, in
+//! reports ("rejected: not_axial") and as a metric label, so analysts and alerting rules
+//! match on it. Codes are only ever added, never renamed or reused.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Why an input cannot be analysed, as a stable `snake_case` code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasonCode {
+    /// The bytes are not a readable DICOM Part 10 file (no preamble and `DICM` prefix,
+    /// broken element structure, invalid value representation).
+    InvalidDicom,
+    /// The file ends before an element or the pixel data it announces.
+    Truncated,
+    /// _Modality_ is not CT or the SOP class is not a CT image.
+    NotCt,
+    /// A required attribute is missing.
+    MissingAttribute,
+    /// A required attribute holds a value that cannot be used (wrong count, not a number,
+    /// zero spacing).
+    InvalidAttribute,
+    /// The image plane is not axial (coronal, sagittal or strongly oblique).
+    NotAxial,
+    /// Localizer (scout) image, or an image whose orientation or matrix differs from its
+    /// series' stack.
+    Localizer,
+    /// The file has no _Pixel Data_.
+    NoPixelData,
+    /// The pixel data is encoded with a transfer syntax this build cannot decode.
+    UnsupportedTransferSyntax,
+    /// The pixel format is not a grey-scale CT image (colour, 1-bit, 32-bit, float).
+    UnsupportedPixelFormat,
+    /// A multi-frame image without per-frame positions, which cannot be stacked.
+    UnsupportedMultiframe,
+    /// The pixel data could not be decoded although the transfer syntax is supported.
+    DecodeFailed,
+    /// The slice positions leave a gap well beyond the series' median spacing.
+    MissingSlices,
+    /// Two different images share one slice position in the same stack.
+    DuplicatePositions,
+    /// Fewer slices than the configured minimum.
+    TooFewSlices,
+    /// More slices, a larger matrix or a larger file than the configured limits.
+    TooLarge,
+    /// The values are not Hounsfield units: nothing near air (−1000 HU) in the volume.
+    NotHounsfield,
+    /// No file in the input is a DICOM image.
+    NoImages,
+    /// Preprocessing found no lungs in the series.
+    NoLungs,
+    /// An event's `schema_version` has a major version this consumer does not know.
+    UnknownSchemaVersion,
+    /// A series was started but never completed within the expiry time.
+    IncompleteSeries,
+}
+
+impl ReasonCode {
+    /// Every code, in declaration order.
+    pub const ALL: &'static [ReasonCode] = &[
+        ReasonCode::InvalidDicom,
+        ReasonCode::Truncated,
+        ReasonCode::NotCt,
+        ReasonCode::MissingAttribute,
+        ReasonCode::InvalidAttribute,
+        ReasonCode::NotAxial,
+        ReasonCode::Localizer,
+        ReasonCode::NoPixelData,
+        ReasonCode::UnsupportedTransferSyntax,
+        ReasonCode::UnsupportedPixelFormat,
+        ReasonCode::UnsupportedMultiframe,
+        ReasonCode::DecodeFailed,
+        ReasonCode::MissingSlices,
+        ReasonCode::DuplicatePositions,
+        ReasonCode::TooFewSlices,
+        ReasonCode::TooLarge,
+        ReasonCode::NotHounsfield,
+        ReasonCode::NoImages,
+        ReasonCode::NoLungs,
+        ReasonCode::UnknownSchemaVersion,
+        ReasonCode::IncompleteSeries,
+    ];
+
+    /// Returns the stable code, as used in events, reports and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReasonCode::InvalidDicom => "invalid_dicom",
+            ReasonCode::Truncated => "truncated",
+            ReasonCode::NotCt => "not_ct",
+            ReasonCode::MissingAttribute => "missing_attribute",
+            ReasonCode::InvalidAttribute => "invalid_attribute",
+            ReasonCode::NotAxial => "not_axial",
+            ReasonCode::Localizer => "localizer",
+            ReasonCode::NoPixelData => "no_pixel_data",
+            ReasonCode::UnsupportedTransferSyntax => "unsupported_transfer_syntax",
+            ReasonCode::UnsupportedPixelFormat => "unsupported_pixel_format",
+            ReasonCode::UnsupportedMultiframe => "unsupported_multiframe",
+            ReasonCode::DecodeFailed => "decode_failed",
+            ReasonCode::MissingSlices => "missing_slices",
+            ReasonCode::DuplicatePositions => "duplicate_positions",
+            ReasonCode::TooFewSlices => "too_few_slices",
+            ReasonCode::TooLarge => "too_large",
+            ReasonCode::NotHounsfield => "not_hounsfield",
+            ReasonCode::NoImages => "no_images",
+            ReasonCode::NoLungs => "no_lungs",
+            ReasonCode::UnknownSchemaVersion => "unknown_schema_version",
+            ReasonCode::IncompleteSeries => "incomplete_series",
+        }
+    }
+}
+
+impl fmt::Display for ReasonCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_name_matches_as_str() {
+        for code in ReasonCode::ALL {
+            let json = serde_json::to_string(code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+            let back: ReasonCode = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, *code);
+        }
+    }
+
+    #[test]
+    fn codes_are_unique() {
+        let mut names: Vec<&str> = ReasonCode::ALL.iter().map(|c| c.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ReasonCode::ALL.len());
+    }
+}
