@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod inspect;
 mod phantom;
 
@@ -23,6 +24,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Write a synthetic chest CT series as DICOM files, with its ground truth as JSON.
     Phantom(phantom::PhantomArgs),
+    /// Measure a stage's speed against a reference implementation in the same run.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +34,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(&args),
         Command::Phantom(args) => phantom::run(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -17,7 +17,11 @@ use serde::Serialize;
 use crate::config::ReaderConfig;
 use crate::error::ReadError;
 use crate::file_meta::rebuild_file_meta;
+use crate::lengths;
 use crate::patient_key::patient_key;
+
+/// Explicit VR Big Endian, retired from the standard but still met in archives.
+pub(crate) const EXPLICIT_VR_BIG_ENDIAN: &str = "1.2.840.10008.1.2.2";
 
 /// SOP classes accepted as CT images: CT, Enhanced CT and Legacy Converted Enhanced CT
 /// Image Storage.
@@ -116,6 +120,14 @@ pub fn read_header(path: &Path, config: &ReaderConfig) -> Result<SliceHeader, Re
             limit: config.max_file_bytes,
         });
     }
+    // The headers of a CT image fit well within the first 64 KiB.
+    let mut prefix = vec![0u8; file_bytes.min(64 * 1024) as usize];
+    file.read_exact_at(&mut prefix, 0).map_err(io_error)?;
+    let mut prefix_reader = prefix.as_slice();
+    skip_preamble(&mut prefix_reader, path)?;
+    let dicm_offset = prefix.len() - prefix_reader.len();
+    check_declared_lengths(prefix_reader, file_bytes - dicm_offset as u64, path)?;
+
     let mut reader = BufReader::new(&file);
     skip_preamble(&mut reader, path)?;
     let object = match OpenFileOptions::new()
@@ -185,6 +197,21 @@ fn has_complete_pixel_data(
     Ok(full.element_opt(tags::PIXEL_DATA).ok().flatten().is_some())
 }
 
+/// Returns the uncompressed pixel bytes of a whole file held in memory, when _Pixel
+/// Data_ is the file's last element (as in almost every file), without parsing it.
+pub(crate) fn trailing_native_pixel_data<'a>(bytes: &'a [u8], header: &SliceHeader) -> Option<&'a [u8]> {
+    if !is_native(&header.transfer_syntax_uid) {
+        return None;
+    }
+    let bits = u64::from(header.rows) * u64::from(header.columns) * u64::from(header.bits_allocated);
+    let value_len = bits.div_ceil(8).next_multiple_of(2);
+    let header_len: u64 = if header.transfer_syntax_uid == uids::IMPLICIT_VR_LITTLE_ENDIAN { 8 } else { 12 };
+    let start = (bytes.len() as u64).checked_sub(value_len + header_len)? as usize;
+    let element_header = &bytes[start..start + header_len as usize];
+    is_pixel_data_header(element_header, &header.transfer_syntax_uid, value_len)
+        .then(|| &bytes[start + header_len as usize..])
+}
+
 /// Returns whether `bytes` encode the header of a _Pixel Data_ element of `value_len`
 /// bytes in the given native transfer syntax.
 fn is_pixel_data_header(bytes: &[u8], transfer_syntax: &str, value_len: u64) -> bool {
@@ -208,6 +235,31 @@ fn is_pixel_data_header(bytes: &[u8], transfer_syntax: &str, value_len: u64) -> 
     }
 }
 
+/// Rejects a file whose element headers declare more bytes than it has, before dicom-object
+/// would allocate buffers of the declared sizes (see [`crate::lengths`]).
+///
+/// `bytes` starts at the `DICM` prefix and may be a prefix of the file; `total` counts the
+/// bytes from the prefix to the end of the file.
+fn check_declared_lengths(bytes: &[u8], total: u64, path: &Path) -> Result<(), ReadError> {
+    let Some((offset, transfer_syntax)) = lengths::read_file_meta(bytes) else {
+        // dicom-object reports a broken meta group better.
+        return Ok(());
+    };
+    let Some(encoding) = lengths::Encoding::of_transfer_syntax(&transfer_syntax) else {
+        return Ok(());
+    };
+    match lengths::find_length_overrun(&bytes[offset..], total - offset as u64, encoding) {
+        None => Ok(()),
+        Some(overrun) => Err(ReadError::Truncated {
+            path: path.to_path_buf(),
+            detail: format!(
+                "element ({:04X},{:04X}) declares {} bytes but only {} remain in the file",
+                overrun.group, overrun.element, overrun.declared, overrun.available
+            ),
+        }),
+    }
+}
+
 /// Parses a whole DICOM Part 10 file held in memory (from a file or an object store).
 pub fn parse_object(bytes: &[u8], path: &Path) -> Result<DefaultDicomObject, ReadError> {
     parse_from_bytes(bytes, path, None)
@@ -223,6 +275,7 @@ fn parse_from_bytes(
 ) -> Result<DefaultDicomObject, ReadError> {
     let mut reader = bytes;
     skip_preamble(&mut reader, path)?;
+    check_declared_lengths(reader, reader.len() as u64, path)?;
     let parse = |source: &[u8]| {
         let options = OpenFileOptions::new().read_preamble(ReadPreamble::Never);
         match stop {
@@ -434,7 +487,7 @@ pub(crate) fn is_native(transfer_syntax_uid: &str) -> bool {
     [
         uids::IMPLICIT_VR_LITTLE_ENDIAN,
         uids::EXPLICIT_VR_LITTLE_ENDIAN,
-        "1.2.840.10008.1.2.2", // Explicit VR Big Endian (retired, still met)
+        EXPLICIT_VR_BIG_ENDIAN,
     ]
     .contains(&transfer_syntax_uid)
 }

@@ -17,6 +17,7 @@ mod error;
 mod file_meta;
 pub mod geometry;
 mod header;
+mod lengths;
 mod patient_key;
 pub mod pixels;
 mod series;

@@ -25,9 +25,40 @@ pub const PADDING_HU_THRESHOLD: f64 = -1500.0;
 ///
 /// # Errors
 ///
-/// `decode_failed` when the codec fails, `truncated` when fewer bytes come out than
-/// _Rows_ × _Columns_ × _Number of Frames_ samples need.
+/// As [`decode_raw_words`].
 pub fn decode_stored_values(object: &DefaultDicomObject, path: &Path) -> Result<StoredFrames, ReadError> {
+    let raw = decode_raw_words(object, path)?;
+    let unpack = SampleUnpacker::new(raw.bits_stored, raw.high_bit, raw.signed);
+    Ok(StoredFrames {
+        rows: raw.rows,
+        columns: raw.columns,
+        frames: raw.frames,
+        values: raw.words.iter().map(|w| unpack.unpack(u32::from(*w))).collect(),
+    })
+}
+
+/// Pixel words of all frames of one object as the codec returns them: one 8- or 16-bit
+/// word per sample, not yet unpacked.
+#[derive(Clone, Debug)]
+pub struct RawFrames {
+    pub rows: usize,
+    pub columns: usize,
+    pub frames: usize,
+    pub bits_stored: u16,
+    pub high_bit: u16,
+    pub signed: bool,
+    /// Frame-major, then row-major.
+    pub words: Vec<u16>,
+}
+
+/// Decodes every frame of an object's _Pixel Data_ with dicom-pixeldata's codecs.
+///
+/// # Errors
+///
+/// `decode_failed` when the codec fails, `truncated` when fewer bytes come out than
+/// _Rows_ × _Columns_ × _Number of Frames_ samples need, `unsupported_pixel_format` for
+/// samples other than 8 or 16 bits.
+pub fn decode_raw_words(object: &DefaultDicomObject, path: &Path) -> Result<RawFrames, ReadError> {
     let regrouped = regroup_fragments(object);
     let object = regrouped.as_ref().unwrap_or(object);
     let decoded = object.decode_pixel_data().map_err(|e| decode_error(path, &e))?;
@@ -35,9 +66,6 @@ pub fn decode_stored_values(object: &DefaultDicomObject, path: &Path) -> Result<
     let columns = decoded.columns() as usize;
     let frames = decoded.number_of_frames() as usize;
     let bits_allocated = decoded.bits_allocated();
-    let bits_stored = decoded.bits_stored();
-    let high_bit = decoded.high_bit();
-    let signed = decoded.pixel_representation() == dicom_pixeldata::PixelRepresentation::Signed;
     let samples = rows * columns * frames;
     let bytes_per_sample = usize::from(bits_allocated / 8);
     let data = decoded.data();
@@ -51,14 +79,13 @@ pub fn decode_stored_values(object: &DefaultDicomObject, path: &Path) -> Result<
             ),
         });
     }
-    let unpack = SampleUnpacker::new(bits_stored, high_bit, signed);
-    let values: Vec<i32> = match bits_allocated {
+    let words: Vec<u16> = match bits_allocated {
+        // Decoded samples are in the machine's byte order (dicom-pixeldata 0.10).
         16 => data[..samples * 2]
             .chunks_exact(2)
-            // Decoded samples are in the machine's byte order (dicom-pixeldata 0.10).
-            .map(|b| unpack.unpack(u32::from(u16::from_ne_bytes([b[0], b[1]]))))
+            .map(|b| u16::from_ne_bytes([b[0], b[1]]))
             .collect(),
-        8 => data[..samples].iter().map(|b| unpack.unpack(u32::from(*b))).collect(),
+        8 => data[..samples].iter().map(|b| u16::from(*b)).collect(),
         other => {
             return Err(ReadError::UnsupportedPixelFormat {
                 path: path.to_path_buf(),
@@ -66,11 +93,14 @@ pub fn decode_stored_values(object: &DefaultDicomObject, path: &Path) -> Result<
             })
         }
     };
-    Ok(StoredFrames {
+    Ok(RawFrames {
         rows,
         columns,
         frames,
-        values,
+        bits_stored: decoded.bits_stored(),
+        high_bit: decoded.high_bit(),
+        signed: decoded.pixel_representation() == dicom_pixeldata::PixelRepresentation::Signed,
+        words,
     })
 }
 
@@ -163,55 +193,121 @@ impl SampleUnpacker {
     }
 }
 
-/// Converts one slice's stored values to Hounsfield units (rounded to whole HU and
-/// clamped to the `i16` range) and marks padding.
+/// Converts raw pixel words of one slice to Hounsfield units and padding flags by table
+/// lookup: the table covers every possible 8- or 16-bit word, so unpacking (_Bits
+/// Stored_, _High Bit_, sign), the rescale and the padding test cost one lookup per pixel.
 ///
-/// Padding is, in this order of evidence: the _Pixel Padding Value_ (and range), any value
-/// at or below [`PADDING_HU_THRESHOLD`], and the constant fill outside the reconstruction
-/// circle that some scanners write at an air-like value without declaring it (see
-/// [`fill_outside_circle`]).
-pub fn rescale_slice(stored: &[i32], header: &SliceHeader, hu: &mut [i16], padding: &mut [bool]) {
-    let slope = header.rescale_slope;
-    let intercept = header.rescale_intercept;
-    for ((value, out_hu), out_padding) in stored.iter().zip(hu.iter_mut()).zip(padding.iter_mut()) {
-        let real = f64::from(*value) * slope + intercept;
-        *out_hu = real.round().clamp(f64::from(i16::MIN), f64::from(i16::MAX)) as i16;
-        *out_padding = real <= PADDING_HU_THRESHOLD
-            || header.padding.is_some_and(|p| p.contains(*value));
-    }
-    let (rows, columns) = (header.rows as usize, header.columns as usize);
-    if let Some(fill) = fill_outside_circle(stored, rows, columns) {
-        let (cy, cx) = ((rows as f64 - 1.0) / 2.0, (columns as f64 - 1.0) / 2.0);
-        for r in 0..rows {
-            for c in 0..columns {
-                let i = r * columns + c;
-                let distance = ((r as f64 - cy).powi(2) + (c as f64 - cx).powi(2)).sqrt();
-                if stored[i] == fill.value && distance > fill.radius {
-                    padding[i] = true;
-                }
-            }
+/// HU are rounded to whole units and clamped to the `i16` range. A word is padding when it
+/// matches _Pixel Padding Value_ (and range) or its HU is at or below
+/// [`PADDING_HU_THRESHOLD`]; the fill outside the reconstruction circle is found later,
+/// on the whole slice ([`mark_circle_fill`]).
+pub struct SliceConverter {
+    /// HU and padding flag per raw word; 8-bit images use the first 256 entries.
+    table: Box<[(i16, bool); 1 << 16]>,
+}
+
+impl SliceConverter {
+    pub fn new(header: &SliceHeader) -> Self {
+        let unpack = SampleUnpacker::new(header.bits_stored, header.high_bit, header.signed);
+        let words: u32 = if header.bits_allocated == 8 { 1 << 8 } else { 1 << 16 };
+        let mut table = Box::new([(0i16, true); 1 << 16]);
+        for raw in 0..words {
+            let stored = unpack.unpack(raw);
+            let real = f64::from(stored) * header.rescale_slope + header.rescale_intercept;
+            let hu = real.round().clamp(f64::from(i16::MIN), f64::from(i16::MAX)) as i16;
+            let padding = real <= PADDING_HU_THRESHOLD || header.padding.is_some_and(|p| p.contains(stored));
+            table[raw as usize] = (hu, padding);
         }
+        SliceConverter { table }
+    }
+
+    /// Converts `words` (one per pixel) into `hu` and `padding`.
+    ///
+    /// # Panics
+    ///
+    /// If there are fewer words than pixels, or `hu` and `padding` differ in length.
+    pub fn convert(&self, words: impl Iterator<Item = u16>, hu: &mut [i16], padding: &mut [bool]) {
+        assert_eq!(hu.len(), padding.len());
+        let mut count = 0;
+        for ((word, out_hu), out_padding) in words.zip(hu.iter_mut()).zip(padding.iter_mut()) {
+            (*out_hu, *out_padding) = self.table[usize::from(word)];
+            count += 1;
+        }
+        assert_eq!(count, hu.len(), "fewer pixel words than pixels");
+    }
+
+    /// Converts 16-bit words stored as bytes (little endian unless `big_endian`).
+    ///
+    /// # Panics
+    ///
+    /// If `bytes` holds fewer than two bytes per pixel.
+    pub fn convert_bytes16(&self, bytes: &[u8], big_endian: bool, hu: &mut [i16], padding: &mut [bool]) {
+        let n = hu.len();
+        assert!(bytes.len() >= 2 * n && padding.len() == n, "fewer pixel bytes than pixels");
+        let (bytes, padding) = (&bytes[..2 * n], &mut padding[..n]);
+        for (i, pair) in bytes.chunks_exact(2).enumerate() {
+            let word = if big_endian {
+                u16::from_be_bytes([pair[0], pair[1]])
+            } else {
+                u16::from_le_bytes([pair[0], pair[1]])
+            };
+            (hu[i], padding[i]) = self.table[usize::from(word)];
+        }
+    }
+}
+
+/// Marks the constant fill outside the reconstruction circle as padding, when the slice
+/// (`hu`, row-major in stored layout) has one (see [`fill_outside_circle`]).
+pub fn mark_circle_fill(hu: &[i16], rows: usize, columns: usize, padding: &mut [bool]) {
+    let Some(fill) = fill_outside_circle(hu, rows, columns) else {
+        return;
+    };
+    for_each_outside(rows, columns, fill.radius, |i| {
+        if hu[i] == fill.value {
+            padding[i] = true;
+        }
+    });
+}
+
+/// Calls `visit` with the index of every pixel farther than `radius` from the image
+/// centre, row by row.
+fn for_each_outside(rows: usize, columns: usize, radius: f64, mut visit: impl FnMut(usize)) {
+    let (cy, cx) = ((rows as f64 - 1.0) / 2.0, (columns as f64 - 1.0) / 2.0);
+    for r in 0..rows {
+        let dy = r as f64 - cy;
+        let half_width_squared = radius * radius - dy * dy;
+        if half_width_squared < 0.0 {
+            (0..columns).for_each(|c| visit(r * columns + c));
+            continue;
+        }
+        // Columns within the circle on this row: |c - cx| <= half_width.
+        let half_width = half_width_squared.sqrt();
+        let first_inside = (cx - half_width).ceil().max(0.0) as usize;
+        let last_inside = ((cx + half_width).floor() as usize).min(columns - 1);
+        (0..first_inside.min(columns)).for_each(|c| visit(r * columns + c));
+        (last_inside + 1..columns).for_each(|c| visit(r * columns + c));
     }
 }
 
 /// A constant fill outside a centred circle: the reconstruction circle of a CT scanner.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct CircleFill {
-    /// Stored value of the fill.
-    pub value: i32,
+pub struct CircleFill<T> {
+    /// Value of the fill.
+    pub value: T,
     /// Radius of the circle around the image centre, in pixels.
     pub radius: f64,
 }
 
 /// Finds the constant fill outside the reconstruction circle, if the image has one.
 ///
-/// The fill is the slice's minimum stored value found at all four corners. Walking
+/// The fill is the slice's minimum value found at all four corners. Walking
 /// inward from the border along 180 rays, the fill ends where a different value starts;
 /// the median of those distances from the centre is the circle's radius (rays that meet
 /// clipped air equal to the fill run further in, and the median ignores them). The result
-/// is accepted only when at least 95% of the pixels beyond that radius hold the fill and
-/// they make up at least 2% of the image, so a slice of noisy air is never taken for one.
-pub fn fill_outside_circle(stored: &[i32], rows: usize, columns: usize) -> Option<CircleFill> {
+/// is accepted only when at least 99% of the pixels beyond that radius hold the fill, they
+/// make up at least 2% of the image, and the radius is at least 40% of the matrix: air
+/// that the scanner clipped to its minimum is noisy, so it fails the first test.
+pub fn fill_outside_circle<T: Copy + PartialOrd>(stored: &[T], rows: usize, columns: usize) -> Option<CircleFill<T>> {
     if rows < 16 || columns < 16 {
         return None;
     }
@@ -248,17 +344,12 @@ pub fn fill_outside_circle(stored: &[i32], rows: usize, columns: usize) -> Optio
     let radius = radii[radii.len() / 2] + 0.5;
 
     let (mut outside, mut filled) = (0usize, 0usize);
-    for r in 0..rows {
-        for c in 0..columns {
-            let distance = ((r as f64 - cy).powi(2) + (c as f64 - cx).powi(2)).sqrt();
-            if distance > radius + 1.0 {
-                outside += 1;
-                filled += usize::from(stored[r * columns + c] == value);
-            }
-        }
-    }
-    let big_enough = outside * 50 >= rows * columns;
-    (big_enough && filled * 100 >= outside * 95).then_some(CircleFill { value, radius })
+    for_each_outside(rows, columns, radius + 1.0, |i| {
+        outside += 1;
+        filled += usize::from(stored[i] == value);
+    });
+    let big_enough = outside * 50 >= rows * columns && radius >= 0.4 * rows.min(columns) as f64;
+    (big_enough && filled * 100 >= outside * 99).then_some(CircleFill { value, radius })
 }
 
 fn decode_error(path: &Path, error: &dicom_pixeldata::Error) -> ReadError {

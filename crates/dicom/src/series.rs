@@ -1,7 +1,8 @@
 //! From files to stacks to a volume: scanning inputs, grouping images into axial stacks,
 //! choosing one stack, and assembling it into a [`CtVolume`].
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::path::PathBuf;
 
 use lungstream_schemas::ReasonCode;
@@ -11,8 +12,8 @@ use serde::Serialize;
 use crate::config::ReaderConfig;
 use crate::error::ReadError;
 use crate::geometry::{find_gaps, head_normal, median_spacing, InPlaneMapping};
-use crate::header::{parse_object, read_header, SliceHeader};
-use crate::pixels::{decode_stored_values, rescale_slice};
+use crate::header::{parse_object, read_header, trailing_native_pixel_data, SliceHeader, EXPLICIT_VR_BIG_ENDIAN};
+use crate::pixels::{decode_raw_words, mark_circle_fill, SliceConverter};
 use crate::volume::{BitMask, CtVolume, Dims, SeriesMeta, SliceMeta};
 
 /// A file that is not part of any candidate stack, and why.
@@ -203,16 +204,30 @@ pub fn load_volume(candidate: &StackCandidate, config: &ReaderConfig) -> Result<
         });
     }
 
-    let mut hu = vec![0i16; dims.voxels()];
-    let masks: Vec<Result<BitMask, ReadError>> = hu
-        .par_chunks_mut(dims.slice_len())
-        .zip(candidate.slices.par_iter())
-        .map(|(out, header)| load_slice(header, &mapping, out))
+    // Slices of a series nearly always share their rescale, so each distinct table is
+    // built once.
+    let mut converters: HashMap<ConverterKey, Arc<SliceConverter>> = HashMap::new();
+    let slice_converters: Vec<Arc<SliceConverter>> = candidate
+        .slices
+        .iter()
+        .map(|header| {
+            let converter = converters
+                .entry(ConverterKey::of(header))
+                .or_insert_with(|| Arc::new(SliceConverter::new(header)));
+            Arc::clone(converter)
+        })
         .collect();
-    let masks = masks.into_iter().collect::<Result<Vec<_>, _>>()?;
-    let padding = BitMask::concat(&masks);
 
-    check_hounsfield(&hu, &padding, &candidate.series_uid)?;
+    let mut hu = vec![0i16; dims.voxels()];
+    let slices: Vec<Result<LoadedSlice, ReadError>> = hu
+        .par_chunks_mut(dims.slice_len())
+        .zip(candidate.slices.par_iter().zip(slice_converters.par_iter()))
+        .map(|(out, (header, converter))| load_slice(header, converter, &mapping, out))
+        .collect();
+    let slices = slices.into_iter().collect::<Result<Vec<_>, _>>()?;
+    check_hounsfield(&slices, &candidate.series_uid)?;
+    let masks: Vec<BitMask> = slices.into_iter().map(|s| s.padding).collect();
+    let padding = BitMask::concat(&masks);
 
     let spacing = mapping.canonical_spacing(candidate.pixel_spacing);
     let (row_direction, column_direction) = mapping.canonical_directions(&candidate.orientation);
@@ -272,52 +287,121 @@ pub fn load_volume(candidate: &StackCandidate, config: &ReaderConfig) -> Result<
     })
 }
 
-/// Decodes one slice into `out` (canonical layout) and returns its padding mask.
-fn load_slice(header: &SliceHeader, mapping: &InPlaneMapping, out: &mut [i16]) -> Result<BitMask, ReadError> {
+/// What decides a slice's conversion table.
+#[derive(PartialEq, Eq, Hash)]
+struct ConverterKey {
+    bits_allocated: u16,
+    bits_stored: u16,
+    high_bit: u16,
+    signed: bool,
+    slope_bits: u64,
+    intercept_bits: u64,
+    padding: Option<(i32, Option<i32>)>,
+}
+
+impl ConverterKey {
+    fn of(header: &SliceHeader) -> Self {
+        ConverterKey {
+            bits_allocated: header.bits_allocated,
+            bits_stored: header.bits_stored,
+            high_bit: header.high_bit,
+            signed: header.signed,
+            slope_bits: header.rescale_slope.to_bits(),
+            intercept_bits: header.rescale_intercept.to_bits(),
+            padding: header.padding.map(|p| (p.value, p.range_limit)),
+        }
+    }
+}
+
+/// One decoded slice's padding mask and the counts behind the Hounsfield check.
+struct LoadedSlice {
+    padding: BitMask,
+    measured: u64,
+    air: u64,
+    min_hu: i16,
+}
+
+/// Decodes one slice into `out` (canonical layout).
+///
+/// Uncompressed pixel data at the end of the file is read in place; anything else goes
+/// through dicom-pixeldata's codecs.
+fn load_slice(
+    header: &SliceHeader,
+    converter: &SliceConverter,
+    mapping: &InPlaneMapping,
+    out: &mut [i16],
+) -> Result<LoadedSlice, ReadError> {
     let bytes = std::fs::read(&header.path).map_err(|source| ReadError::Io {
         path: header.path.clone(),
         source: source.into(),
     })?;
-    let object = parse_object(&bytes, &header.path)?;
-    drop(bytes);
-    let stored = decode_stored_values(&object, &header.path)?;
-    drop(object);
     let (rows, columns) = (header.rows as usize, header.columns as usize);
-    if stored.rows != rows || stored.columns != columns || stored.frames != 1 {
-        return Err(ReadError::DecodeFailed {
-            path: header.path.clone(),
-            detail: format!(
-                "decoded {} frame(s) of {}x{}, the header says 1 of {rows}x{columns}",
-                stored.frames, stored.rows, stored.columns
-            ),
-        });
-    }
-    let mut hu = vec![0i16; rows * columns];
+    let identity = *mapping == InPlaneMapping::default();
+    let mut stored_layout = if identity { Vec::new() } else { vec![0i16; rows * columns] };
+    let hu: &mut [i16] = if identity { out } else { &mut stored_layout };
     let mut padding = vec![false; rows * columns];
-    rescale_slice(stored.frame(0), header, &mut hu, &mut padding);
-    mapping.remap(&hu, rows, columns, out, |v| v);
-    let mut canonical_padding = vec![false; rows * columns];
-    mapping.remap(&padding, rows, columns, &mut canonical_padding, |v| v);
-    Ok(BitMask::from_bools(&canonical_padding))
+
+    match trailing_native_pixel_data(&bytes, header) {
+        Some(pixels) if header.bits_allocated == 8 => {
+            converter.convert(pixels.iter().map(|b| u16::from(*b)), hu, &mut padding);
+        }
+        Some(pixels) => {
+            let big_endian = header.transfer_syntax_uid == EXPLICIT_VR_BIG_ENDIAN;
+            converter.convert_bytes16(pixels, big_endian, hu, &mut padding);
+        }
+        None => {
+            let object = parse_object(&bytes, &header.path)?;
+            let raw = decode_raw_words(&object, &header.path)?;
+            if raw.rows != rows || raw.columns != columns || raw.frames != 1 {
+                return Err(ReadError::DecodeFailed {
+                    path: header.path.clone(),
+                    detail: format!(
+                        "decoded {} frame(s) of {}x{}, the header says 1 of {rows}x{columns}",
+                        raw.frames, raw.rows, raw.columns
+                    ),
+                });
+            }
+            converter.convert(raw.words.into_iter(), hu, &mut padding);
+        }
+    }
+    drop(bytes);
+    mark_circle_fill(hu, rows, columns, &mut padding);
+    let padding = if identity {
+        padding
+    } else {
+        mapping.remap(&stored_layout, rows, columns, out, |v| v);
+        let mut canonical = vec![false; rows * columns];
+        mapping.remap(&padding, rows, columns, &mut canonical, |v| v);
+        canonical
+    };
+
+    let (mut measured, mut air, mut min_hu) = (0u64, 0u64, i16::MAX);
+    for (value, is_padding) in out.iter().zip(&padding) {
+        if !is_padding {
+            measured += 1;
+            air += u64::from((-1100..=-900).contains(value));
+            min_hu = min_hu.min(*value);
+        }
+    }
+    Ok(LoadedSlice {
+        padding: BitMask::from_bools(&padding),
+        measured,
+        air,
+        min_hu,
+    })
 }
 
 /// Air (−1000 HU) surrounds every body and fills the lungs, so a real CT volume always
 /// has some: at least 0.1% of its measured voxels in −1100…−900 HU.
-fn check_hounsfield(hu: &[i16], padding: &BitMask, series_uid: &str) -> Result<(), ReadError> {
-    let (mut measured, mut air, mut min_hu) = (0u64, 0u64, i32::MAX);
-    for (i, value) in hu.iter().enumerate() {
-        if padding.get(i) {
-            continue;
-        }
-        measured += 1;
-        air += u64::from((-1100..=-900).contains(value));
-        min_hu = min_hu.min(i32::from(*value));
-    }
+fn check_hounsfield(slices: &[LoadedSlice], series_uid: &str) -> Result<(), ReadError> {
+    let measured: u64 = slices.iter().map(|s| s.measured).sum();
+    let air: u64 = slices.iter().map(|s| s.air).sum();
+    let min_hu = slices.iter().map(|s| s.min_hu).min().unwrap_or(0);
     if measured == 0 || air * 1000 < measured {
         return Err(ReadError::NotHounsfield {
             series_uid: series_uid.to_string(),
             air_fraction_percent: if measured == 0 { 0.0 } else { 100.0 * air as f64 / measured as f64 },
-            min_hu: if measured == 0 { 0 } else { min_hu },
+            min_hu: i32::from(min_hu),
         });
     }
     Ok(())

@@ -22,13 +22,16 @@ impl BitMask {
 
     /// Packs a slice of booleans.
     pub fn from_bools(bits: &[bool]) -> Self {
-        let mut mask = BitMask::new(bits.len());
-        for (i, bit) in bits.iter().enumerate() {
-            if *bit {
-                mask.words[i / 64] |= 1 << (i % 64);
-            }
-        }
-        mask
+        let words = bits
+            .chunks(64)
+            .map(|chunk| {
+                chunk
+                    .iter()
+                    .enumerate()
+                    .fold(0u64, |word, (i, bit)| word | (u64::from(*bit) << i))
+            })
+            .collect();
+        BitMask { words, len: bits.len() }
     }
 
     /// Joins masks end to end.
