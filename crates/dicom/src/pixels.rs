@@ -341,10 +341,12 @@ pub fn fill_outside_circle<T: Copy + PartialOrd>(stored: &[T], rows: usize, colu
         })
         .collect();
     radii.sort_by(f64::total_cmp);
-    let radius = radii[radii.len() / 2] + 0.5;
+    // The first non-fill sample on a ray lies inside the circle and the last fill sample
+    // 0.5 pixel farther out: the edge is taken halfway.
+    let radius = radii[radii.len() / 2] + 0.25;
 
     let (mut outside, mut filled) = (0usize, 0usize);
-    for_each_outside(rows, columns, radius + 1.0, |i| {
+    for_each_outside(rows, columns, radius + 1.5, |i| {
         outside += 1;
         filled += usize::from(stored[i] == value);
     });
