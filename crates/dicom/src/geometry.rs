@@ -36,7 +36,8 @@ pub fn head_normal(orientation: &[f64; 6]) -> [f64; 3] {
 pub fn check_axial(orientation: &[f64; 6], max_tilt_deg: f64, path: &Path) -> Result<(), ReadError> {
     let n = normal(orientation);
     let length = (n[0] * n[0] + n[1] * n[1] + n[2] * n[2]).sqrt();
-    if !(length > 0.5) {
+    // Also catches NaN: unit direction cosines give a normal of length 1.
+    if length.is_nan() || length <= 0.5 {
         return Err(ReadError::InvalidAttribute {
             path: path.to_path_buf(),
             attribute: "Image Orientation (Patient)",

@@ -418,7 +418,7 @@ mod tests {
         image[0] = 1;
         assert_eq!(fill_outside_circle(&image, 64, 64), None);
         // Noise everywhere: no fill.
-        let noisy: Vec<i32> = (0..64 * 64).map(|i| (i * 7919 % 13) as i32).collect();
+        let noisy: Vec<i32> = (0..64 * 64).map(|i| i * 7919 % 13).collect();
         assert_eq!(fill_outside_circle(&noisy, 64, 64), None);
     }
 }

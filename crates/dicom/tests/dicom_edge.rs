@@ -10,7 +10,16 @@ use std::path::{Path, PathBuf};
 use lungstream_dicom::{parse_object, pixels::decode_stored_values, read_header, ReaderConfig};
 use lungstream_schemas::ReasonCode;
 
-use common::{data_dir, stored_values};
+use common::data_dir;
+
+/// Decodes every frame of the file at `path` into stored values.
+fn stored_values(path: &Path) -> Vec<i32> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let object = parse_object(&bytes, path).unwrap_or_else(|e| panic!("{e}"));
+    decode_stored_values(&object, path)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .values
+}
 
 fn edge(path: &str) -> PathBuf {
     data_dir().join("dicom-edge").join(path)

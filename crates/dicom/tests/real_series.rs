@@ -92,7 +92,7 @@ fn covid_axial_slices_load_with_padding() {
         }
         for file in std::fs::read_dir(patient.join("axial")).unwrap() {
             let file = file.unwrap().path();
-            let (volume, _) = read_volume(&[file.clone()], &config).unwrap_or_else(|e| panic!("{e}"));
+            let (volume, _) = read_volume(std::slice::from_ref(&file), &config).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(volume.dims.slices, 1);
             // GE writes -2000 outside the 512x512 reconstruction circle: about 1 - pi/4.
             let share = volume.padding.count_ones() as f64 / volume.hu.len() as f64;

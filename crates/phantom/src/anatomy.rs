@@ -125,8 +125,9 @@ const TABLE_HALF_WIDTH_MM: f64 = 230.0;
 const TABLE_CURVATURE_PER_MM: f64 = 0.0005;
 
 impl Anatomy {
-    /// Draws the anatomy of `spec.seed`. The label and lesions do not change it, so the
-    /// presets of one seed share one body.
+    /// Draws the anatomy of `spec.seed`, shaped by the spec's body scale, lung junction,
+    /// cushion and table side. The label only adds `effusion`, so the presets of one seed
+    /// share one body otherwise.
     pub fn new(spec: &PhantomSpec, effusion: Option<EffusionShape>) -> Self {
         let mut rng = random::stream(spec.seed, domain::ANATOMY, 0, 0);
         let mut jitter = |low: f64, high: f64| rng.gen_range(low..high);
@@ -136,9 +137,9 @@ impl Anatomy {
         let fat = jitter(10.0, 15.0);
         let lung_height = 240.0 * jitter(0.96, 1.04);
         let dome_right = jitter(62.0, 74.0);
-        let dome_left = dome_right - jitter(10.0, 18.0);
+        let dome_left = dome_right - jitter(6.0, 12.0);
         let heart_centre = [
-            28.0 + jitter(-4.0, 4.0),
+            32.0 + jitter(-4.0, 4.0),
             -22.0 + jitter(-4.0, 4.0),
             66.0 + jitter(-4.0, 4.0),
         ];
@@ -151,7 +152,10 @@ impl Anatomy {
         let texture_seed = rng.gen();
 
         let fat_inner_axes = [body_axes[0] - fat, body_axes[1] - fat];
-        let cavity_axes = [fat_inner_axes[0] - CHEST_WALL, fat_inner_axes[1] - CHEST_WALL];
+        let cavity_axes = [
+            fat_inner_axes[0] - CHEST_WALL,
+            fat_inner_axes[1] - CHEST_WALL,
+        ];
         let table_side = if spec.orientation == Orientation::Prone {
             -1.0
         } else {
@@ -173,8 +177,8 @@ impl Anatomy {
         ];
 
         let cushion = spec.external_air_pocket.then(|| {
-            // The pocket sits in the middle of the gap beside the midline, a third of the
-            // gap high, so cushion surrounds it on every side in every axial slice.
+            // The pocket sits in the middle of the gap beside the midline and is 60 % of
+            // the gap high, so cushion surrounds it on every side in every axial slice.
             let x = 35.0 * scale;
             let body_surface =
                 scale * body_axes[1] * (1.0 - (x / (scale * body_axes[0])).powi(2)).sqrt();
@@ -195,7 +199,7 @@ impl Anatomy {
             cavity_axes,
             dome_height: [dome_right, dome_left],
             heart_centre,
-            heart_axes: [60.0 * heart_size, 50.0 * heart_size, 48.0 * heart_size],
+            heart_axes: [64.0 * heart_size, 54.0 * heart_size, 50.0 * heart_size],
             aorta,
             airways,
             lungs_touching: spec.lungs_touching,
@@ -245,7 +249,7 @@ impl Anatomy {
         self.sample_thorax(p, u, v, w)
     }
 
-    /// Whether patient position `p` is lung parenchyma (before vessels and lesions).
+    /// Returns whether patient position `p` is lung parenchyma (before vessels and lesions).
     pub fn is_lung(&self, p: Vec3) -> bool {
         self.sample(p).tissue == Tissue::Lung
     }
@@ -260,8 +264,7 @@ impl Anatomy {
             return Sample::new(Tissue::Table, 100.0 + self.texture(p, 10.0, 10.0));
         }
         if let Some(cushion) = &self.cushion {
-            if x.abs() <= cushion.half_width && toward_table > 0.0 && toward_table < table_surface
-            {
+            if x.abs() <= cushion.half_width && toward_table > 0.0 && toward_table < table_surface {
                 let pocket = ellipse(
                     x - cushion.pocket_centre[0],
                     toward_table - cushion.pocket_centre[1],
@@ -280,7 +283,12 @@ impl Anatomy {
     /// which must not become lung.
     fn sample_bone(&self, p: Vec3, u: f64, v: f64, w: f64) -> Option<Sample> {
         let bone = |hu: f64| Some(Sample::new(Tissue::Bone, hu + self.texture(p, 4.0, 60.0)));
-        let soft = |hu: f64| Some(Sample::new(Tissue::SoftTissue, hu + self.texture(p, 4.0, 10.0)));
+        let soft = |hu: f64| {
+            Some(Sample::new(
+                Tissue::SoftTissue,
+                hu + self.texture(p, 4.0, 10.0),
+            ))
+        };
 
         let vertebra = u * u + (v - VERTEBRA_V).powi(2);
         if vertebra < VERTEBRA_RADIUS * VERTEBRA_RADIUS {
@@ -314,8 +322,8 @@ impl Anatomy {
 
         // Ribs: bands in the chest wall ring just outside the pleural cavity. A rib's
         // posterior end lies 28 mm higher than its anterior end, as real ribs slope.
-        let in_ring = ellipse(u, v, [a + 1.0, b + 1.0]) >= 1.0
-            && ellipse(u, v, [a + 10.0, b + 10.0]) <= 1.0;
+        let in_ring =
+            ellipse(u, v, [a + 1.0, b + 1.0]) >= 1.0 && ellipse(u, v, [a + 10.0, b + 10.0]) <= 1.0;
         let in_rib_range = w > -70.0 && w < self.lung_height + 10.0;
         let costal_gap = (v < 0.0 && u.abs() < 30.0) || (v > 0.0 && u.abs() < 20.0);
         if in_ring && in_rib_range && !costal_gap {
@@ -343,9 +351,9 @@ impl Anatomy {
     }
 
     fn sample_abdomen(&self, p: Vec3, u: f64, v: f64) -> Sample {
-        // The liver fills the right upper abdomen; stomach, spleen and bowel are lumped
-        // as soft tissue.
-        if u < 15.0 && v < 45.0 {
+        // The liver fills the right upper abdomen and reaches across the midline
+        // anteriorly; stomach, spleen and bowel are lumped as soft tissue.
+        if ellipse(u + 45.0, v + 10.0, [95.0, 75.0]) <= 1.0 {
             Sample::new(Tissue::Liver, 55.0 + self.texture(p, 6.0, 8.0))
         } else {
             Sample::new(Tissue::SoftTissue, 40.0 + self.texture(p, 6.0, 10.0))
@@ -375,9 +383,10 @@ impl Anatomy {
         Sample::new(Tissue::SoftTissue, 40.0 + self.texture(p, 6.0, 10.0))
     }
 
-    /// The side (+1 left, -1 right) of the pleural cavity containing a point of the
-    /// thorax that is inside the chest wall, above the diaphragm and outside the heart and
-    /// aorta; `None` in the mediastinum, beside the spine and above the apex.
+    /// Returns the side (+1 left, -1 right) of the pleural cavity that contains a point.
+    /// The caller has checked that the point is inside the chest wall, above the diaphragm
+    /// and outside the heart and aorta. Returns `None` in the mediastinum, beside the
+    /// spine and above the apex.
     fn pleural_side(&self, u: f64, v: f64, w: f64) -> Option<f64> {
         if w > self.lung_height || u == 0.0 {
             return None;
@@ -406,9 +415,8 @@ impl Anatomy {
 
     /// Half-width (u) of the mediastinum between the lungs at depth v and height w.
     fn mediastinum_half_width(&self, v: f64, w: f64) -> f64 {
-        let junction = self.lungs_touching
-            && w > 0.5 * self.lung_height
-            && w < 0.85 * self.lung_height;
+        let junction =
+            self.lungs_touching && w > 0.5 * self.lung_height && w < 0.85 * self.lung_height;
         let anterior = if junction { 0.0 } else { 9.0 };
         if v < -30.0 {
             anterior
@@ -421,8 +429,8 @@ impl Anatomy {
         }
     }
 
-    /// Whether a pleural-cavity point of `side` is effusion: the point lies within the
-    /// effusion's thickness of the posterior cavity wall.
+    /// Returns whether a pleural-cavity point of `side` is effusion, which is the case
+    /// within the effusion's thickness of the posterior cavity wall.
     fn in_effusion(&self, side: f64, u: f64, v: f64, w: f64) -> bool {
         let Some(effusion) = self.effusion else {
             return false;
@@ -439,7 +447,7 @@ impl Anatomy {
         amplitude * (random::value_noise(p, cell_mm, self.texture_seed) - 0.5)
     }
 
-    /// A random point of lung parenchyma on `side` (+1 left, -1 right), by rejection.
+    /// Draws a random point of lung parenchyma on `side` (+1 left, -1 right) by rejection.
     pub fn random_lung_point(&self, rng: &mut ChaCha8Rng, side: f64) -> Vec3 {
         loop {
             let frame = [
@@ -482,10 +490,13 @@ mod tests {
         assert_eq!(at(80.0, 10.0, 150.0), Tissue::Lung);
         assert_eq!(at(0.0, 6.0, 200.0), Tissue::Airway);
         assert_eq!(at(0.0, VERTEBRA_V, 10.0 + 28.0 * 4.0), Tissue::Bone);
-        assert_eq!(at(28.0, -22.0, 66.0), Tissue::Heart);
+        assert_eq!(at(32.0, -22.0, 66.0), Tissue::Heart);
         assert_eq!(at(-60.0, 0.0, -20.0), Tissue::Liver);
         // Far outside the body, lateral to the table.
-        assert_eq!(anatomy.sample([0.0, -170.0 * s, -100.0]).tissue, Tissue::Air);
+        assert_eq!(
+            anatomy.sample([0.0, -170.0 * s, -100.0]).tissue,
+            Tissue::Air
+        );
         // Above the apex there is no lung.
         assert_ne!(at(-48.0, 12.0, anatomy.lung_height + 1.0), Tissue::Lung);
     }

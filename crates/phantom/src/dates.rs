@@ -14,7 +14,7 @@ pub(crate) fn days_in_month(year: u32, month: u32) -> u32 {
     }
 }
 
-/// The date `days` days after `year`-`month`-`day`, as a DA value (YYYYMMDD).
+/// Formats the date `days` days after `year`-`month`-`day`, as a DA value (YYYYMMDD).
 pub(crate) fn date_after(year: u32, month: u32, day: u32, days: u64) -> String {
     let (mut year, mut month, mut day) = (year, month, day);
     for _ in 0..days {
@@ -31,7 +31,7 @@ pub(crate) fn date_after(year: u32, month: u32, day: u32, days: u64) -> String {
     format!("{year:04}{month:02}{day:02}")
 }
 
-/// A TM value (HHMMSS) for `seconds` after midnight.
+/// Formats a TM value (HHMMSS) for `seconds` after midnight.
 pub(crate) fn time_of_day(seconds: u64) -> String {
     let seconds = seconds % 86_400;
     format!(

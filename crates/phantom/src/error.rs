@@ -23,7 +23,7 @@ pub enum PhantomError {
     DicomMeta {
         path: PathBuf,
         #[source]
-        source: dicom_object::WithMetaError,
+        source: Box<dicom_object::WithMetaError>,
     },
 
     /// dicom-object could not encode or write an instance.
@@ -31,7 +31,7 @@ pub enum PhantomError {
     DicomWrite {
         path: PathBuf,
         #[source]
-        source: dicom_object::WriteError,
+        source: Box<dicom_object::WriteError>,
     },
 
     /// Two instances would have the same file name (a 64-bit hash collision of their

@@ -55,15 +55,16 @@ pub(crate) fn format_ds(value: f64) -> String {
     format!("{value:.6e}")
 }
 
-/// The value a reader obtains after parsing [`format_ds`]'s output. Rendering uses these
-/// values, so the geometry in the header is exactly the geometry of the pixels.
+/// Rounds a number to the value a reader obtains after parsing [`format_ds`]'s output.
+/// Rendering uses these values, so the geometry in the header is exactly the geometry of
+/// the pixels.
 pub(crate) fn quantize_ds(value: f64) -> f64 {
     format_ds(value)
         .parse()
         .expect("format_ds always produces a parsable number")
 }
 
-/// The row and column direction cosines of _Image Orientation (Patient)_ for an
+/// Returns the row and column direction cosines of _Image Orientation (Patient)_ for an
 /// orientation option.
 pub(crate) fn orientation_cosines(orientation: Orientation) -> [f64; 6] {
     match orientation {
@@ -117,7 +118,7 @@ impl SeriesGeometry {
     }
 
     /// _Image Position (Patient)_ of the slice whose centre plane is at patient `z_mm`,
-    /// rounded to what its decimal string holds.
+    /// rounded to the value that its decimal string stores.
     pub fn image_position(&self, z_mm: f64) -> [f64; 3] {
         let half_width = (f64::from(self.columns) - 1.0) / 2.0 * self.pixel_spacing_mm[1];
         let half_height = (f64::from(self.rows) - 1.0) / 2.0 * self.pixel_spacing_mm[0];
@@ -170,8 +171,8 @@ impl ImagePlane {
         add(add(self.origin, along_row), along_column)
     }
 
-    /// Whether the pixel centre lies inside the reconstruction circle. Computed from
-    /// pixel offsets to the image centre, so it is exactly symmetric for every
+    /// Returns whether the pixel centre lies inside the reconstruction circle. The test
+    /// uses pixel offsets to the image centre, so it is exactly symmetric for every
     /// orientation.
     pub fn inside_fov(&self, row: usize, column: usize) -> bool {
         let Some(radius) = self.fov_radius else {
@@ -186,10 +187,14 @@ impl ImagePlane {
         cross(self.row_direction, self.column_direction)
     }
 
-    /// Pixel index ranges (rows, columns), clamped to the image, that cover the points
-    /// of the plane lying within the axis-aligned box `[low, high]`; `None` when the box
-    /// misses the plane.
-    pub fn pixel_bounds(&self, low: Vec3, high: Vec3) -> Option<(std::ops::Range<usize>, std::ops::Range<usize>)> {
+    /// Returns the pixel index ranges (rows, columns), clamped to the image, that cover
+    /// the points of the plane inside the axis-aligned box `[low, high]`. Returns `None`
+    /// when the box misses the plane.
+    pub fn pixel_bounds(
+        &self,
+        low: Vec3,
+        high: Vec3,
+    ) -> Option<(std::ops::Range<usize>, std::ops::Range<usize>)> {
         let normal = self.normal();
         let mut distance = (f64::INFINITY, f64::NEG_INFINITY);
         let mut column = (f64::INFINITY, f64::NEG_INFINITY);
@@ -214,7 +219,7 @@ impl ImagePlane {
         let clamp = |range: (f64, f64), size: usize| -> Option<std::ops::Range<usize>> {
             let start = range.0.ceil().max(0.0);
             let end = (range.1.floor() + 1.0).min(size as f64);
-            (start < end).then(|| start as usize..end as usize)
+            (start < end).then_some(start as usize..end as usize)
         };
         Some((clamp(row, self.rows)?, clamp(column, self.columns)?))
     }
@@ -246,7 +251,11 @@ mod tests {
         ];
         for (orientation, normal) in expected {
             let o = orientation_cosines(orientation);
-            assert_eq!(cross([o[0], o[1], o[2]], [o[3], o[4], o[5]]), normal, "{orientation:?}");
+            assert_eq!(
+                cross([o[0], o[1], o[2]], [o[3], o[4], o[5]]),
+                normal,
+                "{orientation:?}"
+            );
         }
     }
 
@@ -270,6 +279,7 @@ mod tests {
         };
         assert_eq!(prone.image_position(-100.0), [178.85, 178.85, -100.0]);
         let last = prone.pixel_position(prone.image_position(-100.0), 511, 511);
-        assert!((last[0] + 178.85).abs() < 1e-9 && (last[1] + 178.85).abs() < 1e-9);
+        assert!((last[0] + 178.85).abs() < 1e-9, "x = {}", last[0]);
+        assert!((last[1] + 178.85).abs() < 1e-9, "y = {}", last[1]);
     }
 }

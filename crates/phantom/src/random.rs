@@ -12,12 +12,11 @@ pub(crate) mod domain {
     pub const VESSELS: u64 = 2;
     pub const LESIONS: u64 = 3;
     pub const NOISE: u64 = 4;
-    pub const TEXTURE: u64 = 5;
-    pub const INSTANCE_ORDER: u64 = 6;
-    pub const UID: u64 = 7;
+    pub const INSTANCE_ORDER: u64 = 5;
+    pub const UID: u64 = 6;
 }
 
-/// A ChaCha8 stream keyed by all four numbers.
+/// Creates a ChaCha8 stream keyed by all four numbers.
 pub(crate) fn stream(seed: u64, domain: u64, a: u64, b: u64) -> ChaCha8Rng {
     let mut key = [0u8; 32];
     for (chunk, word) in key.chunks_exact_mut(8).zip([seed, domain, a, b]) {
@@ -26,7 +25,7 @@ pub(crate) fn stream(seed: u64, domain: u64, a: u64, b: u64) -> ChaCha8Rng {
     ChaCha8Rng::from_seed(key)
 }
 
-/// The SplitMix64 finaliser: a fast bijective mix of 64 bits.
+/// Mixes 64 bits with the SplitMix64 finaliser, a fast bijection.
 pub(crate) fn mix64(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -34,7 +33,8 @@ pub(crate) fn mix64(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// 64-bit FNV-1a, used to fingerprint a spec and to name files. Not cryptographic.
+/// Hashes bytes with 64-bit FNV-1a, to fingerprint a spec and to name files. Not
+/// cryptographic.
 pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for &byte in bytes {
@@ -44,7 +44,7 @@ pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
     hash
 }
 
-/// A UID of the form `2.25.<decimal>` (the UUID-derived root of DICOM PS3.5 B.2) from a
+/// Derives a UID of the form `2.25.<decimal>` (the root for UUID-derived UIDs) from a
 /// number drawn from the stream keyed by `(key, a, b)`. The number has 120 random bits
 /// below a set bit 120, so every UID has 37 digits after the root (42 characters).
 pub(crate) fn uid(key: u64, a: u64, b: u64) -> String {
@@ -53,8 +53,8 @@ pub(crate) fn uid(key: u64, a: u64, b: u64) -> String {
     format!("2.25.{value}")
 }
 
-/// Smooth value noise in [0, 1) at patient position `p` (mm), with lattice cells of
-/// `cell_mm`: hashed lattice values blended with a smoothstep in each axis.
+/// Returns smooth value noise in [0, 1) at patient position `p` (mm), with lattice cells
+/// of `cell_mm`. Hashed lattice values are blended with a smoothstep along each axis.
 pub(crate) fn value_noise(p: [f64; 3], cell_mm: f64, seed: u64) -> f64 {
     let scaled = [p[0] / cell_mm, p[1] / cell_mm, p[2] / cell_mm];
     let floor = [scaled[0].floor(), scaled[1].floor(), scaled[2].floor()];

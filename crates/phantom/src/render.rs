@@ -23,9 +23,9 @@ pub struct RenderedSlice {
     /// The real rescale used to store this slice (the written intercept differs when
     /// `declared_intercept` is set).
     pub rescale: Rescale,
-    /// HU per pixel, row-major in stored orientation (`hu[row * columns + column]`),
-    /// after noise and the kernel filter and clamped to what the stored pixel
-    /// representation can hold; not yet rounded to stored values.
+    /// HU per pixel, row-major in stored orientation (`hu[row * columns + column]`). The
+    /// values include noise and the kernel filter and are clamped to what the stored
+    /// pixel representation can hold, but they are not rounded to stored values.
     pub hu: Vec<f32>,
     /// Tissue per pixel, in the same layout as `hu`.
     pub tissue: Vec<Tissue>,
@@ -104,7 +104,7 @@ pub(crate) struct SeriesPlan<'a> {
     pub z_positions: Vec<f64>,
     /// Grid indices of the written slices, ascending.
     pub written: Vec<u32>,
-    /// 0 for the main series, 1 for the second series; keeps their noise apart.
+    /// 0 for the main series and 1 for the second series, which keeps their noise apart.
     pub series_index: u64,
     filter: KernelFilter,
 }
@@ -174,7 +174,7 @@ impl<'a> SeriesPlan<'a> {
     }
 }
 
-/// Offset of the image centre from the body's midline: up to ±8 mm in x and y, in
+/// Draws the offset of the image centre from the body's midline: up to ±8 mm in x and y, in
 /// 0.5 mm steps, so that the body is not exactly centred, as on a real scanner.
 fn image_centre(seed: u64) -> [f64; 2] {
     let mut rng = random::stream(seed, domain::ANATOMY, 1, 0);
@@ -279,7 +279,7 @@ fn add_noise(hu: &mut [f64], tissue: &[Tissue], options: &ImageOptions) {
 
 /// Applies the 3×3 kernel filter to the pixels inside the reconstruction circle.
 /// Neighbours outside the image or the circle take the centre pixel's value, so the
-/// padding never leaks into the image.
+/// padding does not leak into the image.
 fn filter_image(
     hu: &[f64],
     tissue: &[Tissue],

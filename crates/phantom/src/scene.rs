@@ -27,7 +27,10 @@ pub(crate) enum Shape {
         roughness: f64,
         seed: u64,
     },
-    Sphere { centre: Vec3, radius: f64 },
+    Sphere {
+        centre: Vec3,
+        radius: f64,
+    },
     /// The part of one lung below an oblique fissure plane through the hilum (the lower
     /// lobe), limited to a sphere: `z - hilum.z < slope * (y - hilum.y) - offset`.
     LowerLobe {
@@ -59,8 +62,8 @@ impl Object {
             Shape::Capsule(capsule) => {
                 let r = capsule.radius;
                 (
-                    capsule.a.iter().zip(capsule.b).map(|(a, b)| a.min(b) - r).collect::<Vec<_>>(),
-                    capsule.a.iter().zip(capsule.b).map(|(a, b)| a.max(b) + r).collect::<Vec<_>>(),
+                    [0, 1, 2].map(|i| capsule.a[i].min(capsule.b[i]) - r),
+                    [0, 1, 2].map(|i| capsule.a[i].max(capsule.b[i]) + r),
                 )
             }
             Shape::Blob {
@@ -69,16 +72,12 @@ impl Object {
                 roughness,
                 ..
             } => {
-                let reach = axes.iter().cloned().fold(0.0, f64::max) * (1.0 + roughness);
-                (
-                    centre.iter().map(|c| c - reach).collect(),
-                    centre.iter().map(|c| c + reach).collect(),
-                )
+                let reach = axes[0].max(axes[1]).max(axes[2]) * (1.0 + roughness);
+                (centre.map(|c| c - reach), centre.map(|c| c + reach))
             }
-            Shape::Sphere { centre, radius } | Shape::LowerLobe { centre, radius, .. } => (
-                centre.iter().map(|c| c - radius).collect(),
-                centre.iter().map(|c| c + radius).collect(),
-            ),
+            Shape::Sphere { centre, radius } | Shape::LowerLobe { centre, radius, .. } => {
+                (centre.map(|c| c - radius), centre.map(|c| c + radius))
+            }
         };
         Object {
             tissue,
@@ -86,14 +85,14 @@ impl Object {
             hu,
             texture_hu,
             texture_seed,
-            low: [low[0], low[1], low[2]],
-            high: [high[0], high[1], high[2]],
+            low,
+            high,
         }
     }
 
-    /// Whether this object may paint over a voxel of `existing` tissue. Vessels and
-    /// ground glass only replace parenchyma (vessels stay visible through ground glass);
-    /// consolidation and nodules replace every lung tissue painted before them.
+    /// Returns whether this object may paint over a voxel of `existing` tissue. Vessels
+    /// and ground glass only replace parenchyma, so vessels stay visible through ground
+    /// glass. Consolidation and nodules replace every lung tissue painted before them.
     pub fn replaces(&self, existing: Tissue) -> bool {
         match self.tissue {
             Tissue::Vessel | Tissue::GroundGlass => existing == Tissue::Lung,
@@ -157,9 +156,9 @@ impl Object {
         self.hu + self.texture_hu * (random::value_noise(p, 5.0, self.texture_seed) - 0.5)
     }
 
-    /// An axis-aligned box around the part of the object near `plane`; `None` when the
-    /// object cannot touch the plane. Capsules are clipped to the slab within their radius
-    /// of the plane, so a long oblique vessel gives a small box.
+    /// Returns an axis-aligned box around the part of the object near `plane`, or `None`
+    /// when the object cannot touch the plane. Capsules are clipped to the slab within
+    /// their radius of the plane, so a long oblique vessel gives a small box.
     pub fn bounds_near(&self, plane: &ImagePlane) -> Option<(Vec3, Vec3)> {
         let Shape::Capsule(capsule) = &self.shape else {
             return Some((self.low, self.high));
@@ -250,7 +249,7 @@ fn normalized(v: Vec3) -> Vec3 {
     scaled(v, 1.0 / norm(v))
 }
 
-/// A unit vector perpendicular to `direction`, in a random orientation.
+/// Draws a unit vector perpendicular to `direction`, in a random orientation.
 fn random_perpendicular(rng: &mut ChaCha8Rng, direction: Vec3) -> Vec3 {
     loop {
         let candidate = [
@@ -312,7 +311,13 @@ fn grow(anatomy: &Anatomy, rng: &mut ChaCha8Rng, branch: Branch, objects: &mut V
         b: end,
         radius: branch.radius,
     };
-    objects.push(Object::new(Tissue::Vessel, Shape::Capsule(capsule), 40.0, 0.0, 0));
+    objects.push(Object::new(
+        Tissue::Vessel,
+        Shape::Capsule(capsule),
+        40.0,
+        0.0,
+        0,
+    ));
     if branch.depth == 5 || branch.radius < 0.9 * anatomy.scale {
         return;
     }
@@ -336,11 +341,16 @@ fn grow(anatomy: &Anatomy, rng: &mut ChaCha8Rng, branch: Branch, objects: &mut V
     }
 }
 
-/// The outermost lung point on a ray in the axial plane at height `w` (body frame) from
+/// Finds the outermost lung point on a ray in the axial plane at height `w` (body frame) from
 /// (side × 70, 10) in the direction `angle_degrees` (0 = lateral, 90 = posterior,
 /// negative = anterior): the last lung point before the ray leaves the lung for good.
 /// Returns the point and the ray direction, in patient coordinates.
-fn peripheral_point(anatomy: &Anatomy, side: f64, w: f64, angle_degrees: f64) -> Option<(Vec3, Vec3)> {
+fn peripheral_point(
+    anatomy: &Anatomy,
+    side: f64,
+    w: f64,
+    angle_degrees: f64,
+) -> Option<(Vec3, Vec3)> {
     let angle = angle_degrees * PI / 180.0;
     let direction = [side * angle.cos(), angle.sin(), 0.0];
     let start = anatomy.to_patient([side * 70.0, 10.0, w]);
@@ -362,8 +372,15 @@ fn random_side(rng: &mut ChaCha8Rng) -> f64 {
     }
 }
 
-/// An irregular ellipsoid patch of mean size `radius` around `centre`.
-fn blob(rng: &mut ChaCha8Rng, tissue: Tissue, centre: Vec3, radius: f64, hu: f64, texture_hu: f64) -> Object {
+/// Creates an irregular ellipsoid patch of mean size `radius` around `centre`.
+fn blob(
+    rng: &mut ChaCha8Rng,
+    tissue: Tissue,
+    centre: Vec3,
+    radius: f64,
+    hu: f64,
+    texture_hu: f64,
+) -> Object {
     let axes = [
         radius * rng.gen_range(0.8..1.2),
         radius * rng.gen_range(0.8..1.2),
@@ -381,19 +398,23 @@ fn blob(rng: &mut ChaCha8Rng, tissue: Tissue, centre: Vec3, radius: f64, hu: f64
     Object::new(tissue, shape, hu, texture_hu, rng.gen())
 }
 
-/// COVID-19 pattern: four to seven peripheral ground-glass patches, mostly basal and
-/// posterior, on both sides; one consolidation inside a ground-glass patch; and one
-/// consolidation at a lung base whose centre lies past the lung boundary, so it touches
-/// the chest wall.
+/// Places the COVID-19 pattern. Five to eight peripheral ground-glass patches lie mostly
+/// basal and posterior, on both sides. One consolidation sits inside a ground-glass
+/// patch, and another at a lung base has its centre past the lung boundary, so it
+/// touches the chest wall.
 fn covid_lesions(anatomy: &Anatomy, rng: &mut ChaCha8Rng, lesion_scale: f64) -> Vec<Object> {
     let mut objects = Vec::new();
     let height = anatomy.lung_height;
     let mm = anatomy.scale * lesion_scale;
 
-    let patches = rng.gen_range(4..=7);
+    let patches = rng.gen_range(5..=8);
     let first_side = random_side(rng);
     for index in 0..patches {
-        let side = if index % 2 == 0 { first_side } else { -first_side };
+        let side = if index % 2 == 0 {
+            first_side
+        } else {
+            -first_side
+        };
         for _attempt in 0..40 {
             // More patches low (basal) and toward posterior (90°).
             let w = height * (0.08 + 0.72 * rng.gen::<f64>().powf(1.6));
@@ -401,7 +422,7 @@ fn covid_lesions(anatomy: &Anatomy, rng: &mut ChaCha8Rng, lesion_scale: f64) -> 
             let Some((boundary, direction)) = peripheral_point(anatomy, side, w, angle) else {
                 continue;
             };
-            let radius = rng.gen_range(20.0..38.0) * mm;
+            let radius = rng.gen_range(22.0..40.0) * mm;
             let centre = sub(boundary, scaled(direction, 0.3 * radius));
             let hu = rng.gen_range(-700.0..-350.0);
             objects.push(blob(rng, Tissue::GroundGlass, centre, radius, hu, 80.0));
@@ -431,8 +452,8 @@ fn covid_lesions(anatomy: &Anatomy, rng: &mut ChaCha8Rng, lesion_scale: f64) -> 
     objects
 }
 
-/// Pattern of another disease: two to four solid nodules near the hila and a lobar
-/// consolidation in the lower lobe of one lung. The effusion belongs to the anatomy.
+/// Places the pattern of another disease: two to four solid nodules near the hila and a
+/// lobar consolidation in the lower lobe of one lung. The effusion belongs to the anatomy.
 fn other_lesions(anatomy: &Anatomy, rng: &mut ChaCha8Rng, lesion_scale: f64) -> Vec<Object> {
     let mut objects = Vec::new();
     let mm = anatomy.scale * lesion_scale;
@@ -468,6 +489,12 @@ fn other_lesions(anatomy: &Anatomy, rng: &mut ChaCha8Rng, lesion_scale: f64) -> 
         radius: 65.0 * mm,
     };
     let hu = rng.gen_range(10.0..40.0);
-    objects.push(Object::new(Tissue::Consolidation, shape, hu, 20.0, rng.gen()));
+    objects.push(Object::new(
+        Tissue::Consolidation,
+        shape,
+        hu,
+        20.0,
+        rng.gen(),
+    ));
     objects
 }

@@ -82,7 +82,7 @@ pub enum TransferSyntax {
 }
 
 impl TransferSyntax {
-    /// The _Transfer Syntax UID_.
+    /// Returns the _Transfer Syntax UID_.
     pub fn uid(self) -> &'static str {
         match self {
             TransferSyntax::ExplicitVrLittleEndian => "1.2.840.10008.1.2.1",
@@ -178,8 +178,8 @@ pub struct PhantomSpec {
     /// Also writes a second series of the same study with this _Convolution Kernel_,
     /// twice the slice spacing and thickness and a new _Series Instance UID_.
     pub second_series_kernel: Option<String>,
-    /// _Convolution Kernel_. Names containing LUNG sharpen the image (more noise), BONE
-    /// or SHARP sharpen more, SOFT or SMOOTH blur it; anything else (the default
+    /// _Convolution Kernel_. Names containing LUNG sharpen the image (more noise), and
+    /// BONE or SHARP sharpen more. SOFT or SMOOTH blur it. Anything else (the default
     /// STANDARD) leaves it unfiltered.
     pub kernel: String,
     /// Standard deviation in HU of the Gaussian noise before the kernel filter. Default 12.
@@ -189,8 +189,8 @@ pub struct PhantomSpec {
     /// The lungs meet at an anterior junction line in the upper chest, with no soft
     /// tissue between them over that stretch; the ground truth splits them at x = 0.
     pub lungs_touching: bool,
-    /// A cushion (-60 HU) fills the gap between the back and the table and encloses a
-    /// pocket of air that is not connected to the image border.
+    /// A cushion (-60 HU) fills the gap between the back and the table (widened to 30 mm)
+    /// and encloses a pocket of air that is not connected to the image border.
     pub external_air_pocket: bool,
     pub transfer_syntax: TransferSyntax,
     /// _Manufacturer_.
@@ -256,7 +256,7 @@ impl Default for PhantomSpec {
 pub const MAX_SLICES: u32 = 700;
 
 impl PhantomSpec {
-    /// The default spec with the given label and seed.
+    /// Returns the default spec with the given label and seed.
     pub fn preset(label: Label, seed: u64) -> Self {
         PhantomSpec {
             label,
@@ -288,7 +288,10 @@ impl PhantomSpec {
             }
         }
         if !(1..=MAX_SLICES).contains(&self.slices) {
-            return invalid("slices", format!("{} is outside 1..={MAX_SLICES}", self.slices));
+            return invalid(
+                "slices",
+                format!("{} is outside 1..={MAX_SLICES}", self.slices),
+            );
         }
         let positive = [
             ("pixel_spacing_mm", self.pixel_spacing_mm),
@@ -330,10 +333,16 @@ impl PhantomSpec {
             );
         }
         if !(0.3..=1.5).contains(&self.body_scale) {
-            return invalid("body_scale", format!("{} is outside 0.3..=1.5", self.body_scale));
+            return invalid(
+                "body_scale",
+                format!("{} is outside 0.3..=1.5", self.body_scale),
+            );
         }
         if self.bits_stored != 12 && self.bits_stored != 16 {
-            return invalid("bits_stored", format!("{} must be 12 or 16", self.bits_stored));
+            return invalid(
+                "bits_stored",
+                format!("{} must be 12 or 16", self.bits_stored),
+            );
         }
         if self.padding == PaddingConvention::UnsignedForSigned && !self.signed {
             return invalid(
@@ -364,25 +373,28 @@ impl PhantomSpec {
         if !self.patient_birth_date.is_empty() && !is_valid_date(&self.patient_birth_date) {
             return invalid(
                 "patient_birth_date",
-                format!("{:?} is not a date in the form YYYYMMDD", self.patient_birth_date),
+                format!(
+                    "{:?} is not a date in the form YYYYMMDD",
+                    self.patient_birth_date
+                ),
             );
         }
         Ok(())
     }
 
-    /// Indices of the slice positions that are written, in ascending z.
+    /// Returns the indices of the slice positions that are written, in ascending z.
     pub fn written_slice_indices(&self) -> Vec<u32> {
         (0..self.slices)
             .filter(|index| !self.missing_slices.contains(index))
             .collect()
     }
 
-    /// _Slice Thickness_ written to the files.
+    /// Returns the _Slice Thickness_ written to the files.
     pub fn effective_slice_thickness_mm(&self) -> f64 {
         self.slice_thickness_mm.unwrap_or(self.slice_spacing_mm)
     }
 
-    /// Smallest and largest stored value that `bits_stored` and `signed` allow.
+    /// Returns the smallest and largest stored value that `bits_stored` and `signed` allow.
     pub fn stored_range(&self) -> (i32, i32) {
         let bits = u32::from(self.bits_stored);
         if self.signed {
@@ -392,7 +404,7 @@ impl PhantomSpec {
         }
     }
 
-    /// The real rescale of slice position `grid_index`.
+    /// Returns the real rescale of slice position `grid_index`.
     ///
     /// Without `per_slice_rescale` every slice uses `rescale_intercept` and
     /// `rescale_slope`. With it, odd positions use a second rescale chosen so that the
@@ -425,7 +437,7 @@ impl PhantomSpec {
         }
     }
 
-    /// _Rescale Intercept_ written to the file of slice position `grid_index`.
+    /// Returns the _Rescale Intercept_ written to the file of slice position `grid_index`.
     pub fn declared_intercept_for_slice(&self, grid_index: u32) -> f64 {
         let real = self.rescale_for_slice(grid_index).intercept;
         match self.declared_intercept {
@@ -472,4 +484,98 @@ fn is_valid_date(value: &str) -> bool {
     let month: u32 = value[4..6].parse().unwrap_or(0);
     let day: u32 = value[6..8].parse().unwrap_or(0);
     (1..=12).contains(&month) && day >= 1 && day <= crate::dates::days_in_month(year, month)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_json_takes_defaults() {
+        let json = r#"{"seed": 5, "label": "covid", "orientation": "flipped_rows",
+                       "padding": "unsigned_for_signed", "transfer_syntax": "explicit_vr_big_endian"}"#;
+        let spec: PhantomSpec = serde_json::from_str(json).expect("valid spec JSON");
+        assert_eq!(spec.seed, 5);
+        assert_eq!(spec.label, Label::Covid);
+        assert_eq!(spec.orientation, Orientation::FlippedRows);
+        assert_eq!(spec.padding, PaddingConvention::UnsignedForSigned);
+        assert_eq!(spec.transfer_syntax, TransferSyntax::ExplicitVrBigEndian);
+        assert_eq!(spec.rows, 512);
+        assert_eq!(spec.slices, 100);
+        assert_eq!(spec.kernel, "STANDARD");
+        assert!(spec.validate().is_ok());
+    }
+
+    #[test]
+    fn stored_range_per_representation() {
+        let range = |bits_stored, signed| {
+            PhantomSpec {
+                bits_stored,
+                signed,
+                ..PhantomSpec::default()
+            }
+            .stored_range()
+        };
+        assert_eq!(range(16, true), (-32768, 32767));
+        assert_eq!(range(16, false), (0, 65535));
+        assert_eq!(range(12, true), (-2048, 2047));
+        assert_eq!(range(12, false), (0, 4095));
+    }
+
+    #[test]
+    fn per_slice_rescale_alternates() {
+        let spec = PhantomSpec {
+            per_slice_rescale: true,
+            declared_intercept: Some(0.0),
+            ..PhantomSpec::default()
+        };
+        assert_eq!(
+            spec.rescale_for_slice(0),
+            Rescale {
+                intercept: -1024.0,
+                slope: 1.0
+            }
+        );
+        assert_eq!(
+            spec.rescale_for_slice(1),
+            Rescale {
+                intercept: -1000.0,
+                slope: 0.5
+            }
+        );
+        // The declared intercept shifts every slice's written intercept by 0 - (-1024).
+        assert_eq!(spec.declared_intercept_for_slice(0), 0.0);
+        assert_eq!(spec.declared_intercept_for_slice(1), 24.0);
+
+        let twelve_bit = PhantomSpec {
+            bits_stored: 12,
+            signed: false,
+            ..spec
+        };
+        assert_eq!(
+            twelve_bit.rescale_for_slice(1),
+            Rescale {
+                intercept: -1048.0,
+                slope: 1.0
+            }
+        );
+    }
+
+    #[test]
+    fn stored_value_rounds_and_clamps() {
+        let rescale = Rescale {
+            intercept: -1024.0,
+            slope: 1.0,
+        };
+        assert_eq!(rescale.stored_value(-2000.0, (-32768, 32767)), -976);
+        assert_eq!(rescale.stored_value(-2000.0, (0, 4095)), 0);
+        assert_eq!(rescale.stored_value(5000.0, (0, 4095)), 4095);
+        assert_eq!(rescale.stored_value(40.4, (0, 4095)), 1064);
+        let half = Rescale {
+            intercept: -1000.0,
+            slope: 0.5,
+        };
+        assert_eq!(half.stored_value(-2000.0, (-32768, 32767)), -2000);
+        assert_eq!(half.hu(-2000), -2000.0);
+    }
 }

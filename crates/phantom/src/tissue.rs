@@ -41,7 +41,7 @@ pub enum Tissue {
 }
 
 impl Tissue {
-    /// Whether the voxel counts as lung: parenchyma, pulmonary vessels and the lesions
+    /// Returns whether the voxel counts as lung: parenchyma, pulmonary vessels and the lesions
     /// inside the lung (ground glass, consolidation, nodules). Effusion does not.
     pub fn is_lung(self) -> bool {
         matches!(
@@ -54,7 +54,7 @@ impl Tissue {
         )
     }
 
-    /// Whether the voxel counts as infected: ground glass or consolidation.
+    /// Returns whether the voxel counts as infected: ground glass or consolidation.
     pub fn is_infected(self) -> bool {
         matches!(self, Tissue::GroundGlass | Tissue::Consolidation)
     }

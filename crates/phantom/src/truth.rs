@@ -48,7 +48,8 @@ pub struct SliceTruth {
     pub infected_voxels: Sides,
 }
 
-/// What a correct reader and lung analysis must find in the written main series.
+/// Counts and facts that a correct reader and lung analysis must reproduce from the
+/// written main series.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GroundTruth {
     pub label: Label,
