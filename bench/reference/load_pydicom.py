@@ -1,9 +1,9 @@
 """Reference for the reader benchmark: load a CT series with pydicom and numpy.
 
-Does the same work as the Rust reader's load: read every file of the folder, keep the CT
-images, sort them along the slice normal, and convert each slice to Hounsfield units with
-its own Rescale Slope and Intercept into one int16 volume. Prints one JSON object with
-the wall time of each repetition in seconds.
+It does the same work as the Rust reader's load. It reads every file of the folder, keeps
+the CT images and sorts them along the slice normal. Then it converts each slice to
+Hounsfield units with its own Rescale Slope and Intercept into one int16 volume. It
+prints one JSON object with the wall time of each repetition in seconds.
 
     python load_pydicom.py DIR [--repeat N]
 """

@@ -4,10 +4,15 @@
 
 fn main() {
     let inputs: Vec<std::path::PathBuf> = std::env::args_os().skip(1).map(Into::into).collect();
+    let repeat: usize = std::env::var("REPEAT").ok().and_then(|r| r.parse().ok()).unwrap_or(1);
     let config = lungstream_dicom::ReaderConfig {
         min_slices: 1,
         ..Default::default()
     };
+    for _ in 1..repeat {
+        let inventory = lungstream_dicom::Inventory::scan(&inputs, &config);
+        std::hint::black_box(lungstream_dicom::load_volume(inventory.selected().unwrap(), &config).unwrap());
+    }
     let start = std::time::Instant::now();
     let inventory = lungstream_dicom::Inventory::scan(&inputs, &config);
     let scanned = start.elapsed();

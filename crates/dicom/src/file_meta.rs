@@ -1,13 +1,10 @@
 //! Repair of file meta groups that dicom-object rejects.
 
+use crate::lengths::LONG_VRS;
+
 /// File meta elements kept by [`rebuild_file_meta`]: version, SOP class and instance,
 /// transfer syntax, implementation class UID and version name.
 const KEPT_ELEMENTS: [u16; 6] = [0x0001, 0x0002, 0x0003, 0x0010, 0x0012, 0x0013];
-
-/// Value representations whose explicit-VR header has a 4-byte length.
-const LONG_VRS: [&[u8; 2]; 11] = [
-    b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UT", b"UN", b"UC", b"UR",
-];
 
 /// Rebuilds the file meta group of `bytes` (which start at the `DICM` prefix) from its
 /// essential elements, dropping the others and recomputing the group length.

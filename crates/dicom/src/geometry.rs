@@ -56,7 +56,7 @@ pub fn check_axial(orientation: &[f64; 6], max_tilt_deg: f64, path: &Path) -> Re
     Ok(())
 }
 
-/// How stored pixels map to the canonical frame, where rows run anterior to posterior
+/// Mapping of stored pixels to the canonical frame, where rows run anterior to posterior
 /// (+y) and columns run from the patient's right to the patient's left (+x): the usual
 /// radiological view of a supine patient seen from the feet.
 ///
@@ -225,7 +225,7 @@ mod tests {
     const TRANSPOSED: [f64; 6] = [0.0, 1.0, 0.0, 1.0, 0.0, 0.0];
     const CORONAL: [f64; 6] = [1.0, 0.0, 0.0, 0.0, 0.0, -1.0];
 
-    /// A 2×3 stored image whose pixel values encode their stored index as 10·r + c.
+    /// Builds a 2×3 stored image whose pixel values encode their stored index as 10·r + c.
     fn stored_2x3() -> Vec<i32> {
         vec![0, 1, 2, 10, 11, 12]
     }

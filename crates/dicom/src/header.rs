@@ -57,11 +57,11 @@ impl PixelPadding {
     }
 }
 
-/// What the reader needs from one CT image's header. It holds no patient attributes: the
-/// _Patient ID_ is turned into a pseudonymous key on reading and then dropped.
+/// Attributes the reader needs from one CT image's header. It contains no patient
+/// attributes: the _Patient ID_ is turned into a pseudonymous key on reading and dropped.
 #[derive(Clone, Debug, Serialize)]
 pub struct SliceHeader {
-    /// Where the file came from (a path, or an object key for bytes from a store).
+    /// Source of the file: a path, or an object key for bytes from a store.
     pub path: PathBuf,
     pub file_bytes: u64,
     pub transfer_syntax_uid: String,
@@ -101,10 +101,10 @@ pub struct SliceHeader {
 ///
 /// # Errors
 ///
-/// Every reason that makes the file unusable as one slice of an axial CT stack, apart
-/// from the geometry of the whole stack: not DICOM, truncated, not CT, localizer, no pixel
-/// data, a transfer syntax or pixel format this build cannot decode, multi-frame, over
-/// the size limits, missing geometry, not axial.
+/// Every reason that makes the file unusable as one slice of an axial CT stack, except
+/// the geometry of the whole stack. These are: not DICOM, truncated, not CT, localizer,
+/// no pixel data, a transfer syntax or pixel format this build cannot decode,
+/// multi-frame, over the size limits, missing geometry, not axial.
 pub fn read_header(path: &Path, config: &ReaderConfig) -> Result<SliceHeader, ReadError> {
     let io_error = |source: std::io::Error| ReadError::Io {
         path: path.to_path_buf(),
@@ -149,7 +149,7 @@ pub fn read_header(path: &Path, config: &ReaderConfig) -> Result<SliceHeader, Re
     Ok(header)
 }
 
-/// Returns whether the file holds a complete _Pixel Data_ element.
+/// Returns whether the file has a complete _Pixel Data_ element.
 ///
 /// For uncompressed pixel data the element normally ends the file, so its header sits
 /// exactly _Rows_ × _Columns_ × _Number of Frames_ samples before the end; checking those
@@ -238,8 +238,8 @@ fn is_pixel_data_header(bytes: &[u8], transfer_syntax: &str, value_len: u64) -> 
 /// Rejects a file whose element headers declare more bytes than it has, before dicom-object
 /// would allocate buffers of the declared sizes (see [`crate::lengths`]).
 ///
-/// `bytes` starts at the `DICM` prefix and may be a prefix of the file; `total` counts the
-/// bytes from the prefix to the end of the file.
+/// `bytes` starts at the `DICM` prefix and may be only the start of the file. `total`
+/// counts the bytes from the prefix to the end of the file.
 fn check_declared_lengths(bytes: &[u8], total: u64, path: &Path) -> Result<(), ReadError> {
     let Some((offset, transfer_syntax)) = lengths::read_file_meta(bytes) else {
         // dicom-object reports a broken meta group better.
@@ -296,8 +296,8 @@ fn parse_from_bytes(
     }
 }
 
-/// Checks a parsed object's header; `has_pixel_data` says whether the file has a complete
-/// _Pixel Data_ element (the object may have been read only up to it).
+/// Checks a parsed object's header. `has_pixel_data` tells whether the file has a
+/// complete _Pixel Data_ element, because the object may have been read only up to it.
 pub fn header_from_object(
     object: &DefaultDicomObject,
     path: &Path,

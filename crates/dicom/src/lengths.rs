@@ -7,13 +7,13 @@
 //! once.
 
 /// Value representations whose explicit-VR header has a 4-byte length.
-const LONG_VRS: [&[u8; 2]; 11] = [
+pub(crate) const LONG_VRS: [&[u8; 2]; 11] = [
     b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UT", b"UN", b"UC", b"UR",
 ];
 
 const UNDEFINED_LENGTH: u32 = 0xFFFF_FFFF;
 
-/// How the data set's element headers are encoded.
+/// Encoding of the data set's element headers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Encoding {
     ImplicitLittle,
@@ -22,8 +22,8 @@ pub enum Encoding {
 }
 
 impl Encoding {
-    /// The encoding of a transfer syntax's data set; `None` for deflated data sets, whose
-    /// headers cannot be walked without inflating them.
+    /// Returns the encoding of a transfer syntax's data set, or `None` for deflated data
+    /// sets, whose headers cannot be walked without inflating them.
     pub fn of_transfer_syntax(uid: &str) -> Option<Encoding> {
         match uid.trim_end_matches('\0') {
             "1.2.840.10008.1.2" => Some(Encoding::ImplicitLittle),
@@ -45,9 +45,11 @@ pub struct LengthOverrun {
     pub available: u64,
 }
 
-/// Walks the element headers in `data_set` (the bytes after the file meta group, possibly
-/// only a prefix of them) and returns the first defined length that exceeds what remains
-/// of the file, given that `remaining_in_file` bytes follow the start of `data_set`.
+/// Walks the element headers in `data_set` and returns the first defined length that
+/// exceeds what remains of the file.
+///
+/// `data_set` holds the bytes after the file meta group, possibly only a prefix of them,
+/// and `remaining_in_file` bytes follow its start in the file.
 ///
 /// Sequences and items of undefined length are walked into; values of defined length are
 /// skipped. The walk stops quietly where the prefix ends.
@@ -201,7 +203,7 @@ mod tests {
 
     #[test]
     fn prefix_end_stops_quietly() {
-        // A 100-byte value of which the prefix holds none, in a file long enough.
+        // A 100-byte value that the prefix does not include, in a file long enough.
         let data = explicit_short(0x0010, 0x0010, b"PN", 100);
         assert_eq!(find_length_overrun(&data, 1000, Encoding::ExplicitLittle), None);
     }

@@ -13,7 +13,7 @@ use dicom_pixeldata::PixelDecoder;
 use crate::error::ReadError;
 use crate::header::SliceHeader;
 
-/// No tissue and no air lies below this value; scanners fill the area outside the
+/// No tissue and no air lies below this value. Scanners fill the area outside the
 /// reconstruction circle with values such as -2000, -2048 or -3024 HU.
 pub const PADDING_HU_THRESHOLD: f64 = -1500.0;
 
@@ -62,6 +62,7 @@ pub fn decode_raw_words(object: &DefaultDicomObject, path: &Path) -> Result<RawF
     let regrouped = regroup_fragments(object);
     let object = regrouped.as_ref().unwrap_or(object);
     let decoded = object.decode_pixel_data().map_err(|e| decode_error(path, &e))?;
+
     let rows = decoded.rows() as usize;
     let columns = decoded.columns() as usize;
     let frames = decoded.number_of_frames() as usize;
@@ -79,6 +80,7 @@ pub fn decode_raw_words(object: &DefaultDicomObject, path: &Path) -> Result<RawF
             ),
         });
     }
+
     let words: Vec<u16> = match bits_allocated {
         // Decoded samples are in the machine's byte order (dicom-pixeldata 0.10).
         16 => data[..samples * 2]
@@ -240,10 +242,11 @@ impl SliceConverter {
     ///
     /// # Panics
     ///
-    /// If `bytes` holds fewer than two bytes per pixel.
+    /// If `bytes` has fewer than two bytes per pixel.
     pub fn convert_bytes16(&self, bytes: &[u8], big_endian: bool, hu: &mut [i16], padding: &mut [bool]) {
         let n = hu.len();
-        assert!(bytes.len() >= 2 * n && padding.len() == n, "fewer pixel bytes than pixels");
+        assert!(bytes.len() >= 2 * n, "fewer pixel bytes than pixels");
+        assert_eq!(padding.len(), n);
         let (bytes, padding) = (&bytes[..2 * n], &mut padding[..n]);
         for (i, pair) in bytes.chunks_exact(2).enumerate() {
             let word = if big_endian {
@@ -301,9 +304,9 @@ pub struct CircleFill<T> {
 /// Finds the constant fill outside the reconstruction circle, if the image has one.
 ///
 /// The fill is the slice's minimum value found at all four corners. Walking
-/// inward from the border along 180 rays, the fill ends where a different value starts;
-/// the median of those distances from the centre is the circle's radius (rays that meet
-/// clipped air equal to the fill run further in, and the median ignores them). The result
+/// inward from the border along 180 rays, the fill ends where a different value starts.
+/// The median of those distances from the centre is the circle's radius: rays that meet
+/// clipped air equal to the fill run further in, and the median ignores them. The result
 /// is accepted only when at least 99% of the pixels beyond that radius hold the fill, they
 /// make up at least 2% of the image, and the radius is at least 40% of the matrix: air
 /// that the scanner clipped to its minimum is noisy, so it fails the first test.
@@ -390,8 +393,8 @@ mod tests {
         assert_eq!(SampleUnpacker::new(12, 15, false).unpack(0x1230), 0x123);
     }
 
-    /// A 64×64 image of noise-free "air" 24 inside a centred circle of radius 28 and the
-    /// fill 0 outside it.
+    /// Builds a 64×64 image of noise-free "air" (`inside`) within a centred circle of
+    /// radius 28 and `fill` outside it.
     fn circle_image(fill: i32, inside: i32) -> Vec<i32> {
         let mut image = vec![fill; 64 * 64];
         for r in 0..64 {

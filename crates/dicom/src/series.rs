@@ -40,7 +40,7 @@ pub struct StackCandidate {
     /// Position of each slice along the head-pointing normal, mm, ascending.
     pub positions_mm: Vec<f64>,
     pub median_spacing_mm: Option<f64>,
-    /// Why this stack cannot be loaded, if it cannot.
+    /// Reason this stack cannot be loaded, if it cannot.
     pub problem: Option<ReadError>,
 }
 
@@ -54,7 +54,7 @@ impl StackCandidate {
         }
     }
 
-    /// One line for people: identifiers, size and acquisition.
+    /// Returns one line for people: identifiers, size and acquisition.
     pub fn summary(&self) -> String {
         format!(
             "series {} ({} slices, {}x{}, {:.3}x{:.3} mm, spacing {}, covers {:.1} mm, kernel {})",
@@ -72,7 +72,7 @@ impl StackCandidate {
     }
 }
 
-/// What a scan of the inputs found: candidate stacks in order of preference, and the
+/// Result of a scan of the inputs: candidate stacks in order of preference, and the
 /// files left out.
 #[derive(Debug, Default)]
 pub struct Inventory {
@@ -89,10 +89,10 @@ impl Inventory {
     /// Reads the header of every file under `inputs` (files, or folders walked
     /// recursively) and groups the usable images into candidate stacks.
     ///
-    /// Candidates are ordered by this rule: loadable stacks first; then the one covering
-    /// the longest head-feet distance (a chest CT must contain the whole lungs); then
-    /// the finest slice spacing; then the most slices; then the series and kernel in
-    /// lexical order, so the choice never depends on file order.
+    /// Candidates are ordered by this rule. Loadable stacks come first. Among them, the
+    /// one covering the longest head-feet distance wins, because a chest CT must contain
+    /// the whole lungs. Ties go to the finest slice spacing, then the most slices, then
+    /// the series and kernel in lexical order, so the choice never depends on file order.
     pub fn scan(inputs: &[PathBuf], config: &ReaderConfig) -> Inventory {
         let files = list_files(inputs);
         let results: Vec<(PathBuf, Result<SliceHeader, ReadError>)> = files
@@ -125,6 +125,7 @@ impl Inventory {
                 }
             }
         }
+        log_skipped(&inventory.skipped);
         inventory.candidates = stacks
             .into_values()
             .map(|slices| build_candidate(slices, config))
@@ -146,7 +147,7 @@ impl Inventory {
         inventory
     }
 
-    /// The stack to analyse: the first candidate without a problem.
+    /// Returns the stack to analyse: the first candidate, unless it has a problem.
     pub fn selected(&self) -> Option<&StackCandidate> {
         self.candidates.first().filter(|c| c.problem.is_none())
     }
@@ -157,8 +158,8 @@ impl Inventory {
 ///
 /// # Errors
 ///
-/// `no_images` when no file is a usable CT image; otherwise, when no stack can be loaded,
-/// the problem of the preferred stack; or an error from loading it.
+/// `no_images` when no file is a usable CT image. Otherwise the problem of the preferred
+/// stack when no stack can be loaded, or an error from loading it.
 pub fn read_volume(inputs: &[PathBuf], config: &ReaderConfig) -> Result<(CtVolume, Inventory), ReadError> {
     let inventory = Inventory::scan(inputs, config);
     if inventory.candidates.is_empty() {
@@ -375,18 +376,20 @@ fn load_slice(
         canonical
     };
 
-    let (mut measured, mut air, mut min_hu) = (0u64, 0u64, i16::MAX);
+    // Branch-free, so the loop vectorises: it runs over every voxel of the series.
+    // A slice has far fewer than 2^32 pixels (the matrix limit is below 65536²).
+    let (mut measured, mut air, mut min_hu) = (0u32, 0u32, i16::MAX);
     for (value, is_padding) in out.iter().zip(&padding) {
-        if !is_padding {
-            measured += 1;
-            air += u64::from((-1100..=-900).contains(value));
-            min_hu = min_hu.min(*value);
-        }
+        let keep = !is_padding;
+        let is_air = (-1100..=-900).contains(value);
+        measured += u32::from(keep);
+        air += u32::from(keep & is_air);
+        min_hu = min_hu.min(if keep { *value } else { i16::MAX });
     }
     Ok(LoadedSlice {
         padding: BitMask::from_bools(&padding),
-        measured,
-        air,
+        measured: u64::from(measured),
+        air: u64::from(air),
         min_hu,
     })
 }
@@ -438,10 +441,10 @@ fn build_candidate(mut slices: Vec<SliceHeader>, config: &ReaderConfig) -> Stack
 
 /// Rejects a stack with too few or too many slices, two images at one position, or gaps.
 ///
-/// A stack with a gap is rejected rather than split into contiguous runs: the method
-/// stacks neighbouring slices and needs disease on consecutive ones, a run could silently
-/// leave out the diseased part of the lungs, and gaps usually come from an incomplete
-/// transfer that sending the series again fixes.
+/// A stack with a gap is rejected rather than split into contiguous runs. The method
+/// stacks neighbouring slices and needs disease on consecutive ones, and a run could
+/// silently leave out the diseased part of the lungs. Gaps usually come from an
+/// incomplete transfer that sending the series again fixes.
 fn check_stack(
     slices: &[SliceHeader],
     positions_mm: &[f64],
@@ -516,7 +519,18 @@ impl StackKey {
     }
 }
 
-/// Every regular file under `inputs`, in path order; folders are walked recursively.
+/// Logs one line per reason code with the number of files skipped for it.
+fn log_skipped(skipped: &[SkippedFile]) {
+    let mut counts: BTreeMap<ReasonCode, usize> = BTreeMap::new();
+    for file in skipped {
+        *counts.entry(file.reason).or_default() += 1;
+    }
+    for (reason, files) in counts {
+        tracing::info!(%reason, files, "Skipped files that cannot be part of an axial CT stack.");
+    }
+}
+
+/// Lists every regular file under `inputs`, in path order, walking folders recursively.
 fn list_files(inputs: &[PathBuf]) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for input in inputs {

@@ -22,16 +22,11 @@ impl BitMask {
 
     /// Packs a slice of booleans.
     pub fn from_bools(bits: &[bool]) -> Self {
-        let words = bits
-            .chunks(64)
-            .map(|chunk| {
-                chunk
-                    .iter()
-                    .enumerate()
-                    .fold(0u64, |word, (i, bit)| word | (u64::from(*bit) << i))
-            })
-            .collect();
-        BitMask { words, len: bits.len() }
+        let mut mask = BitMask::new(bits.len());
+        for (word, chunk) in mask.words.iter_mut().zip(bits.chunks(64)) {
+            *word = pack_bools(chunk);
+        }
+        mask
     }
 
     /// Joins masks end to end.
@@ -77,6 +72,25 @@ impl BitMask {
     pub fn count_ones(&self) -> usize {
         self.words.iter().map(|w| w.count_ones() as usize).sum()
     }
+}
+
+/// Packs up to 64 booleans into a word, the first in the lowest bit.
+fn pack_bools(chunk: &[bool]) -> u64 {
+    let mut word = 0u64;
+    let groups = chunk.chunks_exact(8);
+    let rest = groups.remainder();
+    for (group_index, group) in groups.enumerate() {
+        // Eight 0/1 bytes read as one little-endian word; the multiplication moves byte i's
+        // bit to bit 56 + i with no carries (every product term lands on its own bit).
+        let bytes = u64::from_le_bytes(std::array::from_fn(|i| u8::from(group[i])));
+        let packed = bytes.wrapping_mul(0x0102_0408_1020_4080) >> 56;
+        word |= packed << (8 * group_index);
+    }
+    let done = chunk.len() - rest.len();
+    for (i, bit) in rest.iter().enumerate() {
+        word |= u64::from(*bit) << (done + i);
+    }
+    word
 }
 
 /// Voxel counts along each axis: slices, then rows, then columns.
@@ -135,7 +149,7 @@ pub struct SliceMeta {
 ///
 /// Voxels are stored as `hu[(slice * rows + row) * columns + column]` in the canonical
 /// frame: slices from feet to head, rows from anterior to posterior, columns from the
-/// patient's right to the patient's left. So the left half of a row holds the patient's
+/// patient's right to the patient's left. So the left half of a row shows the patient's
 /// right lung whatever the scanner's orientation, and a prone scan reads like a supine
 /// one.
 #[derive(Clone, Debug)]
@@ -157,14 +171,14 @@ pub struct CtVolume {
     pub directions: [[f64; 3]; 3],
     /// _Image Orientation (Patient)_ as the scanner wrote it.
     pub source_orientation: [f64; 6],
-    /// How stored pixels were moved into the canonical frame.
+    /// Mapping that moved the stored pixels into the canonical frame.
     pub mapping: InPlaneMapping,
     pub meta: SeriesMeta,
     pub slices: Vec<SliceMeta>,
 }
 
 impl CtVolume {
-    /// The HU values of slice `k`, row-major.
+    /// Returns the HU values of slice `k`, row-major.
     pub fn slice(&self, k: usize) -> &[i16] {
         let n = self.dims.slice_len();
         &self.hu[k * n..(k + 1) * n]
@@ -198,6 +212,15 @@ mod tests {
         assert!(joined.get(72));
         assert_eq!(joined.count_ones(), 3);
         assert_eq!(a.count_ones(), 2);
+    }
+
+    #[test]
+    fn pack_bools_matches_bit_by_bit() {
+        let bits: Vec<bool> = (0..64).map(|i| (i * 37 + i / 5) % 3 == 0).collect();
+        let expected = bits.iter().enumerate().fold(0u64, |w, (i, b)| w | (u64::from(*b) << i));
+        assert_eq!(pack_bools(&bits), expected);
+        assert_eq!(pack_bools(&bits[..13]), expected & ((1 << 13) - 1));
+        assert_eq!(pack_bools(&[true; 64]), u64::MAX);
     }
 
     #[test]

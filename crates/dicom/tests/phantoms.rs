@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use lungstream_dicom::pixels::PADDING_HU_THRESHOLD;
 use lungstream_dicom::{patient_key, read_volume, CtVolume, Inventory, ReadError, ReaderConfig};
 use lungstream_phantom::{
     render, write_series, GroundTruth, InstanceOrder, Label, Orientation, PaddingConvention, PhantomSpec,
@@ -67,24 +68,52 @@ fn lung_halves(volume: &CtVolume) -> (usize, usize) {
     (right, left)
 }
 
+/// Asserts that the volume read from `spec`'s files equals the in-memory rendering: HU
+/// within one unit (stored values are rounded), and padding exactly outside the circle
+/// and wherever a sharp kernel's undershoot at the skin falls to -1500 HU or below.
+fn assert_matches_render(name: &str, spec: &PhantomSpec) {
+    let (dir, truth) = write(spec);
+    let volume = read(dir.path()).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let rendered = render(spec).unwrap();
+    let slice_len = volume.dims.slice_len();
+
+    assert_eq!(volume.dims.slices, rendered.slices.len(), "{name}");
+    assert_eq!(volume.meta.series_uid, truth.series_uids[0], "{name}");
+    for (k, slice) in rendered.slices.iter().enumerate() {
+        assert!((volume.slice_positions_mm[k] - slice.z_mm()).abs() < 1e-6, "{name}: slice {k}");
+        for (i, (hu, tissue)) in slice.hu.iter().zip(&slice.tissue).enumerate() {
+            let read = volume.slice(k)[i];
+            assert!((f32::from(read) - hu).abs() <= 1.0, "{name}: slice {k} pixel {i}: {read} vs {hu}");
+            let padding = volume.padding.get(k * slice_len + i);
+            let expected = *tissue == Tissue::Outside || f64::from(*hu) <= PADDING_HU_THRESHOLD;
+            assert_eq!(padding, expected, "{name}: slice {k} pixel {i}, {hu} HU, {tissue:?}");
+        }
+    }
+}
+
 #[test]
 fn supine_volume_matches_rendered_hu() {
     let spec = small(1);
-    let (dir, truth) = write(&spec);
+    let (dir, _) = write(&spec);
     let volume = read(dir.path()).unwrap();
-    let rendered = render(&spec).unwrap();
-
     assert_eq!((volume.dims.slices, volume.dims.rows, volume.dims.columns), (24, 128, 128));
     assert_eq!(volume.spacing_mm, [10.0, 2.8, 2.8]);
-    assert_eq!(volume.meta.series_uid, truth.series_uids[0]);
-    for (k, slice) in rendered.slices.iter().enumerate() {
-        assert!((volume.slice_positions_mm[k] - slice.z_mm()).abs() < 1e-6);
-        for (i, (hu, tissue)) in slice.hu.iter().zip(&slice.tissue).enumerate() {
-            let read = volume.slice(k)[i];
-            // Stored values are rounded, so HU may differ by half a unit, then rounding.
-            assert!((f32::from(read) - hu).abs() <= 1.0, "slice {k} pixel {i}: {read} vs {hu}");
-            assert_eq!(volume.padding.get(k * 128 * 128 + i), *tissue == Tissue::Outside, "slice {k} pixel {i}");
-        }
+    assert_matches_render("supine", &spec);
+}
+
+#[test]
+fn anatomy_options_load_as_rendered() {
+    let cases = [
+        ("covid", PhantomSpec { label: Label::Covid, ..small(19) }),
+        ("other disease", PhantomSpec { label: Label::Other, ..small(19) }),
+        ("sharp kernel", PhantomSpec { kernel: "LUNG".to_string(), ..small(19) }),
+        ("soft kernel", PhantomSpec { kernel: "SOFT".to_string(), ..small(19) }),
+        ("touching lungs", PhantomSpec { lungs_touching: true, ..small(19) }),
+        ("air pocket outside the body", PhantomSpec { external_air_pocket: true, ..small(19) }),
+        ("small body", PhantomSpec { body_scale: 0.6, ..small(19) }),
+    ];
+    for (name, spec) in cases {
+        assert_matches_render(name, &spec);
     }
 }
 
