@@ -1,0 +1,80 @@
+//! Writes PNG overlays of the lung masks found on a DICOM series: every `step`-th slice in
+//! a lung window, the patient's right lung tinted red and the left green, tiled into one
+//! image. Patient right is on the image's left, as radiologists view axial slices.
+//!
+//! `cargo run --release -p lungstream-preprocess --example lung_overlays -- DIR OUT.png [STEP]`
+
+use std::path::PathBuf;
+
+use lungstream_preprocess::lungs::{extract_lungs, Side};
+use lungstream_preprocess::normalise::{background_mask, shift_hu, BackgroundHistogram};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (dir, out) = (PathBuf::from(&args[1]), PathBuf::from(&args[2]));
+    let step: usize = args.get(3).map_or(8, |s| s.parse().unwrap());
+    let config = lungstream_dicom::ReaderConfig {
+        min_slices: 1,
+        ..Default::default()
+    };
+    let (volume, _) = lungstream_dicom::read_volume(&[dir], &config).unwrap_or_else(|e| panic!("{e}"));
+    let dims = volume.dims;
+
+    let mut background = BackgroundHistogram::default();
+    for k in 0..dims.slices {
+        let (shifted, padding) = shifted(&volume, k);
+        background.add(&shifted, &background_mask(&shifted, &padding));
+    }
+    let median = background.median().expect("outside air");
+    let area = volume.spacing_mm[1] * volume.spacing_mm[2];
+
+    let chosen: Vec<usize> = (0..dims.slices).step_by(step).collect();
+    let tiles_per_row = 4;
+    let tile_rows = chosen.len().div_ceil(tiles_per_row);
+    let (width, height) = (dims.columns * tiles_per_row, dims.rows * tile_rows);
+    let mut rgb = vec![0u8; width * height * 3];
+    for (n, &k) in chosen.iter().enumerate() {
+        let (normalised, padding) = lungstream_preprocess::normalised_slice(&volume, k, median);
+        let lungs = extract_lungs(&normalised, &padding, area, &Default::default());
+        let (tile_r, tile_c) = (n / tiles_per_row, n % tiles_per_row);
+        for r in 0..dims.rows {
+            for c in 0..dims.columns {
+                let i = r * dims.columns + c;
+                let hu = f64::from(volume.slice(k)[i]);
+                let grey = ((hu + 1350.0) / 1500.0 * 255.0).clamp(0.0, 255.0);
+                let mut pixel = [grey, grey, grey];
+                for (side, tint) in [(Side::Right, [255.0, 0.0, 0.0]), (Side::Left, [0.0, 255.0, 0.0])] {
+                    if lungs.side(side).is_some_and(|m| m.data[i]) {
+                        for ch in 0..3 {
+                            pixel[ch] = 0.6 * pixel[ch] + 0.4 * tint[ch];
+                        }
+                    }
+                }
+                let at = ((tile_r * dims.rows + r) * width + tile_c * dims.columns + c) * 3;
+                for ch in 0..3 {
+                    rgb[at + ch] = pixel[ch] as u8;
+                }
+            }
+        }
+    }
+    let file = std::fs::File::create(&out).unwrap();
+    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), width as u32, height as u32);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.write_header().unwrap().write_image_data(&rgb).unwrap();
+    println!("wrote {} slices to {}", chosen.len(), out.display());
+}
+
+fn shifted(
+    volume: &lungstream_dicom::CtVolume,
+    k: usize,
+) -> (lungstream_preprocess::image::Image<u16>, lungstream_preprocess::image::Mask) {
+    let dims = volume.dims;
+    let values = volume.slice(k).iter().map(|hu| shift_hu(*hu)).collect();
+    let offset = k * dims.slice_len();
+    let padding = (0..dims.slice_len()).map(|i| volume.padding.get(offset + i)).collect();
+    (
+        lungstream_preprocess::image::Image::from_vec(dims.rows, dims.columns, values),
+        lungstream_preprocess::image::Mask::from_vec(dims.rows, dims.columns, padding),
+    )
+}

@@ -1,0 +1,262 @@
+//! Coarse patches of a lobe crop, the periphery distance, and the pseudo-infection
+//! labels that weak supervision trains on.
+
+use crate::crop::CROP_SIZE;
+use crate::image::{Image, Mask};
+
+/// Cells of the coarse grid along each axis (the feature map of the VGG-16 prefix).
+pub const COARSE_GRID: usize = 32;
+/// Side of a coarse patch, pixels.
+pub const COARSE_PATCH: usize = 36;
+/// Distance between neighbouring coarse patches, pixels.
+pub const COARSE_STRIDE: usize = 8;
+
+/// Crop rows (or columns) covered by coarse patch `index`, clipped to the crop.
+///
+/// Each patch is centred on its grid cell: cell `i` covers pixels `8i .. 8i + 8`, and its
+/// 36-pixel patch reaches 14 pixels before and 14 after that, so neighbouring patches
+/// overlap by 28 pixels.
+pub fn coarse_patch_range(index: usize) -> std::ops::Range<usize> {
+    let start = (index * COARSE_STRIDE) as isize - ((COARSE_PATCH - COARSE_STRIDE) / 2) as isize;
+    let end = start + COARSE_PATCH as isize;
+    (start.max(0) as usize)..(end.min(CROP_SIZE as isize) as usize)
+}
+
+/// Manhattan distance from every lung pixel to the nearest non-lung pixel (0 outside the
+/// lung); pixels beyond the crop count as non-lung.
+///
+/// Two raster passes of the city-block distance transform give exactly the breadth-first
+/// search distance with 4-connectivity.
+pub fn manhattan_distance_to_border(mask: &Mask) -> Image<u32> {
+    let (rows, columns) = (mask.rows, mask.columns);
+    let far = (rows + columns) as u32;
+    let mut distance = Image::filled(rows, columns, 0u32);
+    for r in 0..rows {
+        for c in 0..columns {
+            if !mask.get(r, c) {
+                continue;
+            }
+            let up = if r > 0 { distance.get(r - 1, c) } else { 0 };
+            let left = if c > 0 { distance.get(r, c - 1) } else { 0 };
+            distance.set(r, c, (up.min(left) + 1).min(far));
+        }
+    }
+    for r in (0..rows).rev() {
+        for c in (0..columns).rev() {
+            if !mask.get(r, c) {
+                continue;
+            }
+            let down = if r + 1 < rows { distance.get(r + 1, c) } else { 0 };
+            let right = if c + 1 < columns { distance.get(r, c + 1) } else { 0 };
+            let value = distance.get(r, c).min(down + 1).min(right + 1);
+            distance.set(r, c, value);
+        }
+    }
+    distance
+}
+
+/// For each coarse patch, the minimum periphery distance over its lung pixels (0 when the
+/// patch holds no lung).
+pub fn coarse_patch_min_distance(distance: &Image<u32>, mask: &Mask) -> Image<u32> {
+    coarse_patches(|rows, columns| {
+        let mut minimum = None::<u32>;
+        for r in rows {
+            for c in columns.clone() {
+                if mask.get(r, c) {
+                    let d = distance.get(r, c);
+                    minimum = Some(minimum.map_or(d, |m| m.min(d)));
+                }
+            }
+        }
+        minimum.unwrap_or(0)
+    })
+}
+
+/// Thresholds of the pseudo-infection band of one series, in normalised units (0..=2048).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InfectionBand {
+    /// The standard deviation of all lobe crop pixels of the series: darker pixels are
+    /// air, background or healthy lung.
+    pub lower: f64,
+    /// The least frequent value between the dark and the bright peak of the crop pixels'
+    /// histogram: brighter pixels are soft tissue and bone.
+    pub upper: f64,
+}
+
+impl InfectionBand {
+    /// Derives the band from the histogram of every lobe crop pixel of a series
+    /// (`histogram[v]` counts value `v`), or `None` for an empty histogram.
+    ///
+    /// The dark and bright peaks are the most frequent values below and above the
+    /// histogram's two-cluster K-means threshold; the histogram is smoothed over 33 values
+    /// (about 1.6% of the range) before the least frequent value between them is taken,
+    /// so single-value noise does not decide it.
+    pub fn from_histogram(histogram: &[u64]) -> Option<InfectionBand> {
+        let total: u64 = histogram.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let mean = histogram.iter().enumerate().map(|(v, c)| v as f64 * *c as f64).sum::<f64>() / total as f64;
+        let variance = histogram
+            .iter()
+            .enumerate()
+            .map(|(v, c)| (v as f64 - mean).powi(2) * *c as f64)
+            .sum::<f64>()
+            / total as f64;
+
+        let smoothed = smooth(histogram, 16);
+        let split = crate::kmeans::kmeans_two_clusters(histogram)?.threshold().round() as usize;
+        let split = split.min(histogram.len() - 1);
+        let dark_peak = argmax(&smoothed[..=split]);
+        let bright_peak = split + argmax(&smoothed[split..]);
+        let valley = dark_peak + argmin(&smoothed[dark_peak..=bright_peak]);
+        Some(InfectionBand {
+            lower: variance.sqrt(),
+            upper: valley as f64,
+        })
+    }
+
+    /// Returns whether a normalised value lies strictly inside the band.
+    pub fn contains(&self, value: f64) -> bool {
+        value > self.lower && value < self.upper
+    }
+}
+
+/// Lung pixels of a crop whose value lies in the infection band.
+pub fn suspect_mask(crop: &Image<u16>, mask: &Mask, band: &InfectionBand) -> Mask {
+    Mask::from_vec(
+        crop.rows,
+        crop.columns,
+        crop.data
+            .iter()
+            .zip(&mask.data)
+            .map(|(value, lung)| *lung && band.contains(f64::from(*value)))
+            .collect(),
+    )
+}
+
+/// Pseudo-infection label of each coarse patch: infected when more than a third of its
+/// pixels are suspect.
+pub fn coarse_patch_labels(suspect: &Mask) -> Image<bool> {
+    coarse_patches(|rows, columns| {
+        let pixels = rows.len() * columns.len();
+        let mut count = 0;
+        for r in rows {
+            for c in columns.clone() {
+                count += usize::from(suspect.get(r, c));
+            }
+        }
+        count * 3 > pixels
+    })
+}
+
+/// Evaluates `patch(rows, columns)` for every cell of the coarse grid.
+fn coarse_patches<T: Copy + Default>(
+    mut patch: impl FnMut(std::ops::Range<usize>, std::ops::Range<usize>) -> T,
+) -> Image<T> {
+    let mut out = Image::filled(COARSE_GRID, COARSE_GRID, T::default());
+    for i in 0..COARSE_GRID {
+        for j in 0..COARSE_GRID {
+            out.set(i, j, patch(coarse_patch_range(i), coarse_patch_range(j)));
+        }
+    }
+    out
+}
+
+fn smooth(histogram: &[u64], half_width: usize) -> Vec<f64> {
+    let n = histogram.len();
+    let mut prefix = vec![0u64; n + 1];
+    for (i, count) in histogram.iter().enumerate() {
+        prefix[i + 1] = prefix[i] + count;
+    }
+    (0..n)
+        .map(|i| {
+            let (low, high) = (i.saturating_sub(half_width), (i + half_width + 1).min(n));
+            (prefix[high] - prefix[low]) as f64 / (high - low) as f64
+        })
+        .collect()
+}
+
+fn argmax(values: &[f64]) -> usize {
+    values
+        .iter()
+        .enumerate()
+        .fold((0, f64::NEG_INFINITY), |best, (i, v)| if *v > best.1 { (i, *v) } else { best })
+        .0
+}
+
+fn argmin(values: &[f64]) -> usize {
+    values
+        .iter()
+        .enumerate()
+        .fold((0, f64::INFINITY), |best, (i, v)| if *v < best.1 { (i, *v) } else { best })
+        .0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patch_ranges_overlap_by_28() {
+        assert_eq!(coarse_patch_range(0), 0..22);
+        assert_eq!(coarse_patch_range(2), 2..38);
+        assert_eq!(coarse_patch_range(3), 10..46);
+        assert_eq!(coarse_patch_range(31), 234..256);
+    }
+
+    #[test]
+    fn manhattan_distance_of_a_square() {
+        // A 5×5 lung in a 7×7 crop: the centre is 3 steps from the nearest non-lung pixel.
+        let mut mask = Mask::filled(7, 7, false);
+        for r in 1..6 {
+            for c in 1..6 {
+                mask.set(r, c, true);
+            }
+        }
+        let distance = manhattan_distance_to_border(&mask);
+        assert_eq!(distance.get(3, 3), 3);
+        assert_eq!(distance.get(1, 1), 1);
+        assert_eq!(distance.get(2, 3), 2);
+        assert_eq!(distance.get(0, 0), 0);
+        // Beyond the crop counts as non-lung.
+        let full = Mask::filled(3, 3, true);
+        assert_eq!(manhattan_distance_to_border(&full).get(1, 1), 2);
+    }
+
+    #[test]
+    fn band_between_std_and_valley() {
+        // Dark peak at 100 (600 pixels), bright peak at 1000 (300 pixels), a few at 500.
+        let mut histogram = vec![0u64; 2049];
+        histogram[100] = 600;
+        histogram[1000] = 300;
+        histogram[500] = 10;
+        let band = InfectionBand::from_histogram(&histogram).unwrap();
+        // Mean 365000 / 910 = 401.1; variance 162098710 / 910, so the std is 422.05.
+        assert!((band.lower - 422.05).abs() < 0.01, "lower {}", band.lower);
+        // The smoothed histogram is 0 between the peaks except around 500; the first
+        // least frequent value after the dark peak is 117.
+        assert_eq!(band.upper, 117.0);
+        assert!(InfectionBand::from_histogram(&[0; 10]).is_none());
+    }
+
+    #[test]
+    fn patch_label_needs_a_third() {
+        let mut suspect = Mask::filled(CROP_SIZE, CROP_SIZE, false);
+        // Patch (10, 10) covers rows and columns 66..102 (36 × 36 = 1296 pixels); fill
+        // 433 of them (more than a third) in its top rows.
+        let mut filled = 0;
+        'outer: for r in 66..102 {
+            for c in 66..102 {
+                suspect.set(r, c, true);
+                filled += 1;
+                if filled == 433 {
+                    break 'outer;
+                }
+            }
+        }
+        let labels = coarse_patch_labels(&suspect);
+        assert!(labels.get(10, 10));
+        assert!(!labels.get(12, 12));
+    }
+}
