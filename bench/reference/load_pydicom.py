@@ -24,7 +24,8 @@ def load_volume(folder: pathlib.Path) -> np.ndarray:
             dataset = pydicom.dcmread(path)
         except pydicom.errors.InvalidDicomError:
             continue
-        if dataset.get("Modality") == "CT" and "PixelData" in dataset:
+        localizer = "LOCALIZER" in [str(v).upper() for v in dataset.get("ImageType", [])]
+        if dataset.get("Modality") == "CT" and "PixelData" in dataset and not localizer:
             datasets.append(dataset)
     if not datasets:
         raise SystemExit(f"no CT images under {folder}")

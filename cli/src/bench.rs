@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use lungstream_dicom::{read_volume, ReaderConfig};
+use lungstream_schemas::ReasonCode;
 use serde_json::json;
 
 #[derive(Args)]
@@ -52,8 +53,27 @@ fn bench_reader(args: &ReaderBenchArgs) -> anyhow::Result<ExitCode> {
     if args.repeat == 0 {
         bail!("--repeat must be at least 1");
     }
+    if let Some(path) = &args.json {
+        std::fs::write(path, "").with_context(|| format!("cannot write {}", path.display()))?;
+    }
     let config = ReaderConfig::default();
     let inputs = vec![args.series.clone()];
+    // The reference keeps every CT image it finds, so the comparison is fair only on a
+    // folder that holds one stack and nothing else the reader would skip as CT.
+    let inventory = lungstream_dicom::Inventory::scan(&inputs, &config);
+    let skipped_ct = inventory
+        .skipped
+        .iter()
+        .filter(|s| !matches!(s.reason, ReasonCode::InvalidDicom | ReasonCode::NotCt | ReasonCode::NoPixelData))
+        .count();
+    if inventory.candidates.len() != 1 || skipped_ct > 0 {
+        bail!(
+            "bench reader needs a folder with exactly one CT series and no other CT images; {} has {} candidate stack(s) and {} skipped CT image(s) (see lungstream inspect)",
+            args.series.display(),
+            inventory.candidates.len(),
+            skipped_ct
+        );
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
 
     let time_reader = |threads: usize| -> anyhow::Result<(Vec<f64>, usize)> {
@@ -72,7 +92,10 @@ fn bench_reader(args: &ReaderBenchArgs) -> anyhow::Result<ExitCode> {
     };
     let (single, slices) = time_reader(1)?;
     let (parallel, _) = time_reader(cores)?;
-    let reference = run_reference(&args.python, &args.series, args.repeat)?;
+    let (reference, reference_slices) = run_reference(&args.python, &args.series, args.repeat)?;
+    if reference_slices != slices {
+        bail!("the pydicom reference loaded {reference_slices} slices, the reader {slices}: they did not do the same work");
+    }
 
     let single_median = median(&single);
     let parallel_median = median(&parallel);
@@ -110,8 +133,9 @@ fn bench_reader(args: &ReaderBenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs the pydicom reference and returns its timed repetitions in seconds.
-fn run_reference(python: &Path, series: &Path, repeat: usize) -> anyhow::Result<Vec<f64>> {
+/// Runs the pydicom reference and returns its timed repetitions in seconds and the number
+/// of slices it loaded.
+fn run_reference(python: &Path, series: &Path, repeat: usize) -> anyhow::Result<(Vec<f64>, usize)> {
     let script = std::env::temp_dir().join(format!("lungstream-load-pydicom-{}.py", std::process::id()));
     std::fs::write(&script, PYDICOM_REFERENCE)?;
     // One extra repetition is the warm-up, dropped below.
@@ -125,10 +149,16 @@ fn run_reference(python: &Path, series: &Path, repeat: usize) -> anyhow::Result<
     let _ = std::fs::remove_file(&script);
     let output = output?;
     if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let hint = if stderr.contains("ModuleNotFoundError") {
+            "; run scripts/setup.sh and pass --python .cache/venv/bin/python"
+        } else {
+            ""
+        };
         bail!(
-            "the pydicom reference failed ({}): {}",
+            "the pydicom reference failed ({}): {}{hint}",
             output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
+            stderr.trim().lines().last().unwrap_or("no output")
         );
     }
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).context("the pydicom reference printed no JSON")?;
@@ -139,7 +169,8 @@ fn run_reference(python: &Path, series: &Path, repeat: usize) -> anyhow::Result<
         .filter_map(|v| v.as_f64())
         .skip(1)
         .collect();
-    Ok(seconds)
+    let slices = report["shape"][0].as_u64().context("no \"shape\" in the reference's output")? as usize;
+    Ok((seconds, slices))
 }
 
 fn median(values: &[f64]) -> f64 {

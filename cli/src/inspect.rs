@@ -1,4 +1,5 @@
-//! `lungstream inspect`: what the reader finds under a path, without decoding pixels.
+//! `lungstream inspect`: what the reader finds under a path, and whether the preferred
+//! stack loads.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,8 +18,12 @@ pub struct InspectArgs {
     #[arg(long)]
     json: bool,
     /// Fewest slices a stack needs to be analysed.
-    #[arg(long, default_value_t = ReaderConfig::default().min_slices)]
-    min_slices: usize,
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    min_slices: u32,
+    /// Only read headers: skip decoding the preferred stack, so a stack whose pixels or
+    /// values turn out unusable is still listed as the one to analyse.
+    #[arg(long)]
+    headers_only: bool,
     /// How many skipped files to list per reason (text output).
     #[arg(long, default_value_t = 5)]
     show_skipped: usize,
@@ -30,10 +35,14 @@ const NOTHING_TO_ANALYSE: u8 = 3;
 pub fn run(args: &InspectArgs) -> anyhow::Result<ExitCode> {
     crate::check_inputs(&args.paths)?;
     let config = ReaderConfig {
-        min_slices: args.min_slices,
+        min_slices: args.min_slices as usize,
         ..ReaderConfig::default()
     };
-    let inventory = Inventory::scan(&args.paths, &config);
+    let mut inventory = Inventory::scan(&args.paths, &config);
+    if !args.headers_only {
+        // Decoding moves past stacks that fail to load; their error becomes their problem.
+        let _ = inventory.load_selected(&config);
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&inventory_json(&inventory))?);
     } else {
@@ -54,14 +63,18 @@ fn print_text(inventory: &Inventory, show_skipped: usize) {
         inventory.skipped.len(),
         inventory.duplicates.len()
     );
-    for (index, candidate) in inventory.candidates.iter().enumerate() {
-        let status = match (&candidate.problem, index) {
-            (None, 0) => "ANALYSE".to_string(),
-            (None, _) => "other".to_string(),
-            (Some(problem), _) => format!("rejected: {}", problem.reason()),
+    let selected = inventory.selected().map(|c| c as *const _);
+    for candidate in &inventory.candidates {
+        let status = match &candidate.problem {
+            None if selected == Some(candidate as *const _) => "ANALYSE".to_string(),
+            None => "other".to_string(),
+            Some(problem) => format!("rejected: {}", problem.reason()),
         };
         println!("\n[{status}] {}", candidate.summary());
         println!("  study {}", candidate.study_uid);
+        if let Some(folder) = candidate.slices.first().and_then(|s| s.path.parent()) {
+            println!("  in {}", folder.display());
+        }
         if let (Some(first), Some(last)) = (candidate.positions_mm.first(), candidate.positions_mm.last()) {
             println!("  positions {first:.2} .. {last:.2} mm (feet to head)");
         }
@@ -89,13 +102,15 @@ fn print_text(inventory: &Inventory, show_skipped: usize) {
 }
 
 fn inventory_json(inventory: &Inventory) -> serde_json::Value {
+    let selected = inventory.selected().map(|c| c as *const _);
     let candidates: Vec<_> = inventory
         .candidates
         .iter()
-        .enumerate()
-        .map(|(index, c)| {
+        .map(|c| {
             json!({
-                "selected": index == 0 && c.problem.is_none(),
+                "selected": selected == Some(c as *const _),
+                "folder": c.slices.first().and_then(|s| s.path.parent()),
+                "slice_positions_mm": c.positions_mm,
                 "study_uid": c.study_uid,
                 "series_uid": c.series_uid,
                 "slices": c.slices.len(),

@@ -11,7 +11,11 @@ mod inspect;
 mod phantom;
 
 #[derive(Parser)]
-#[command(name = "lungstream", version, about = "COVID-19 pneumonia analysis of chest CT series")]
+#[command(
+    name = "lungstream",
+    version,
+    about = "Chest CT (DICOM) reading for COVID-19 pneumonia analysis: inspect series, write phantoms, benchmark"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -20,7 +24,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// List the CT series found under the given files and folders: which stack would be
-    /// analysed, the other candidates, and why other files were skipped.
+    /// analysed, the other candidates, and why other files were skipped. Exits with
+    /// status 3 when nothing can be analysed.
     Inspect(inspect::InspectArgs),
     /// Write a synthetic chest CT series as DICOM files, with its ground truth as JSON.
     Phantom(phantom::PhantomArgs),
@@ -30,6 +35,9 @@ enum Command {
 
 fn main() -> ExitCode {
     init_logging();
+    // The reader catches codec panics on corrupt pixel data and reports them as
+    // `decode_failed`; log each panic as one line instead of a backtrace on stderr.
+    std::panic::set_hook(Box::new(|info| tracing::error!("Internal error: {info}")));
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(&args),
@@ -55,6 +63,7 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 

@@ -11,25 +11,27 @@ use serde::de::DeserializeOwned;
 #[derive(Args)]
 pub struct PhantomArgs {
     /// Output folder (created if missing); existing files in it are left alone.
+    #[arg(long, required_unless_present = "print_spec")]
+    out: Option<PathBuf>,
+    /// Lesions: healthy, covid or other [default: healthy].
+    #[arg(long, value_parser = parse_snake_case::<Label>)]
+    label: Option<Label>,
+    /// Seed of every random choice; the same seed gives the same files [default: 1].
     #[arg(long)]
-    out: PathBuf,
-    /// Lesions: healthy, covid or other.
-    #[arg(long, default_value = "healthy", value_parser = parse_snake_case::<Label>)]
-    label: Label,
-    /// Seed of every random choice; the same seed gives the same files.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
+    seed: Option<u64>,
     /// Start from this JSON spec (every field of the generator; missing fields take their
-    /// defaults) instead of the label's preset. --print-spec shows one.
+    /// defaults, unknown ones are an error) instead of the label's preset. The other
+    /// options override it; --print-spec shows a complete spec.
     #[arg(long)]
     spec: Option<PathBuf>,
-    /// Number of slices (1-700).
+    /// Number of slices, 1-700 [default: 100].
     #[arg(long)]
     slices: Option<u32>,
-    /// Distance between slices in mm.
+    /// Distance between slices in mm [default: 2.5].
     #[arg(long)]
     slice_spacing: Option<f64>,
-    /// Rows and columns; the pixel spacing follows so the field of view stays 358.4 mm.
+    /// Rows and columns, 16-4096 (the reader accepts up to 2048) [default: 512]; the
+    /// pixel spacing follows, so the field of view stays the same.
     #[arg(long)]
     matrix: Option<u16>,
     /// supine, prone, flipped_rows, flipped_columns or transposed.
@@ -52,13 +54,19 @@ fn parse_snake_case<T: DeserializeOwned>(value: &str) -> Result<T, String> {
 }
 
 pub fn run(args: &PhantomArgs) -> anyhow::Result<ExitCode> {
-    let mut spec = match &args.spec {
+    let mut spec: PhantomSpec = match &args.spec {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
             serde_json::from_str(&text).with_context(|| format!("invalid phantom spec {}", path.display()))?
         }
-        None => PhantomSpec::preset(args.label, args.seed),
+        None => PhantomSpec::preset(args.label.unwrap_or(Label::Healthy), args.seed.unwrap_or(1)),
     };
+    if let Some(label) = args.label {
+        spec.label = label;
+    }
+    if let Some(seed) = args.seed {
+        spec.seed = seed;
+    }
     if let Some(slices) = args.slices {
         spec.slices = slices;
     }
@@ -82,14 +90,18 @@ pub fn run(args: &PhantomArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&spec)?);
         return Ok(ExitCode::SUCCESS);
     }
-    spec.validate().context("invalid phantom spec")?;
+    spec.validate()?;
 
-    let truth = write_series(&spec, &args.out)?;
+    let out = args.out.as_ref().expect("clap requires --out without --print-spec");
+    if out.is_file() {
+        anyhow::bail!("--out {} is a file; give a folder", out.display());
+    }
+    let truth = write_series(&spec, out)?;
     println!(
-        "wrote {} files to {}: {:?}, {} slices of {}x{}, lungs {:.0} mL (right) and {:.0} mL (left), infected {:.2}%",
+        "wrote {} files to {}: {}, {} slices of {}x{}, lungs {:.0} mL (right) and {:.0} mL (left), infected {:.2}%",
         truth.files,
-        args.out.display(),
-        truth.label,
+        out.display(),
+        serde_json::to_value(truth.label)?.as_str().unwrap_or("unknown"),
         truth.slices,
         truth.rows,
         truth.columns,

@@ -18,6 +18,8 @@ pub enum ReasonCode {
     InvalidDicom,
     /// The file ends before an element or the pixel data it announces.
     Truncated,
+    /// The file or folder could not be read (permissions, I/O error).
+    Unreadable,
     /// _Modality_ is not CT or the SOP class is not a CT image.
     NotCt,
     /// A required attribute is missing.
@@ -65,6 +67,7 @@ impl ReasonCode {
     pub const ALL: &'static [ReasonCode] = &[
         ReasonCode::InvalidDicom,
         ReasonCode::Truncated,
+        ReasonCode::Unreadable,
         ReasonCode::NotCt,
         ReasonCode::MissingAttribute,
         ReasonCode::InvalidAttribute,
@@ -91,6 +94,7 @@ impl ReasonCode {
         match self {
             ReasonCode::InvalidDicom => "invalid_dicom",
             ReasonCode::Truncated => "truncated",
+            ReasonCode::Unreadable => "unreadable",
             ReasonCode::NotCt => "not_ct",
             ReasonCode::MissingAttribute => "missing_attribute",
             ReasonCode::InvalidAttribute => "invalid_attribute",

@@ -131,8 +131,8 @@ impl ReadError {
     /// Returns the stable reason code for this error.
     pub fn reason(&self) -> ReasonCode {
         match self {
-            // An unreadable file is treated like a broken one: retrying cannot help.
-            ReadError::Io { .. } | ReadError::InvalidDicom { .. } => ReasonCode::InvalidDicom,
+            ReadError::Io { .. } => ReasonCode::Unreadable,
+            ReadError::InvalidDicom { .. } => ReasonCode::InvalidDicom,
             ReadError::Truncated { .. } => ReasonCode::Truncated,
             ReadError::NotCt { .. } => ReasonCode::NotCt,
             ReadError::MissingAttribute { .. } => ReasonCode::MissingAttribute,

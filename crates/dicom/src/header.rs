@@ -512,17 +512,30 @@ fn skip_preamble<R: BufRead>(reader: &mut R, path: &Path) -> Result<(), ReadErro
     }
 }
 
+/// Names of retired JPEG transfer syntaxes that dicom-rs does not register, for messages.
+fn retired_transfer_syntax_name(uid: &str) -> Option<&'static str> {
+    match uid {
+        "1.2.840.10008.1.2.4.52" => Some("JPEG Extended, processes 3 and 5 (retired)"),
+        "1.2.840.10008.1.2.4.53" => Some("JPEG Spectral Selection, processes 6 and 8 (retired)"),
+        "1.2.840.10008.1.2.4.54" => Some("JPEG Spectral Selection, processes 7 and 9 (retired)"),
+        "1.2.840.10008.1.2.4.55" => Some("JPEG Full Progression, processes 10 and 12 (retired)"),
+        "1.2.840.10008.1.2.4.56" => Some("JPEG Full Progression, processes 11 and 13 (retired)"),
+        _ => None,
+    }
+}
+
 /// Maps a dicom-object parse error to `unsupported_transfer_syntax`, to `truncated` when
 /// the input ended early, else to `invalid_dicom`.
 fn classify_parse_error(path: &Path, error: &dicom_object::ReadError) -> ReadError {
     use dicom_object::ReadError as ObjectError;
     match error {
         ObjectError::ReadUnrecognizedTransferSyntax { uid, .. } => {
+            let uid = uid.trim_end_matches('\0');
             return ReadError::UnsupportedTransferSyntax {
                 path: path.to_path_buf(),
-                uid: uid.trim_end_matches('\0').to_string(),
-                name: "unknown".to_string(),
-            }
+                uid: uid.to_string(),
+                name: retired_transfer_syntax_name(uid).unwrap_or("unknown").to_string(),
+            };
         }
         ObjectError::ReadUnsupportedTransferSyntax { uid, name, .. }
         | ObjectError::ReadUnsupportedTransferSyntaxWithSuggestion { uid, name, .. } => {

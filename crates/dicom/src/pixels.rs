@@ -61,7 +61,14 @@ pub struct RawFrames {
 pub fn decode_raw_words(object: &DefaultDicomObject, path: &Path) -> Result<RawFrames, ReadError> {
     let regrouped = regroup_fragments(object);
     let object = regrouped.as_ref().unwrap_or(object);
-    let decoded = object.decode_pixel_data().map_err(|e| decode_error(path, &e))?;
+    // Some dicom-rs 0.10 codecs index out of bounds on corrupt data (RLE segments, for
+    // one); a panic there must become this file's error, not end the process.
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| object.decode_pixel_data()))
+        .map_err(|panic| ReadError::DecodeFailed {
+            path: path.to_path_buf(),
+            detail: format!("the codec failed on corrupt data ({})", panic_message(&*panic)),
+        })?
+        .map_err(|e| decode_error(path, &e))?;
 
     let rows = decoded.rows() as usize;
     let columns = decoded.columns() as usize;
@@ -361,13 +368,28 @@ fn decode_error(path: &Path, error: &dicom_pixeldata::Error) -> ReadError {
     let mut detail = error.to_string();
     let mut source = std::error::Error::source(error);
     while let Some(e) = source {
-        detail.push_str(": ");
-        detail.push_str(&e.to_string());
+        // Some errors repeat their source's text; keep each text once.
+        let text = e.to_string();
+        if !detail.contains(&text) {
+            detail.push_str(": ");
+            detail.push_str(&text);
+        }
         source = e.source();
     }
     ReadError::DecodeFailed {
         path: path.to_path_buf(),
         detail,
+    }
+}
+
+/// The text of a caught panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_string()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "no message".to_string()
     }
 }
 

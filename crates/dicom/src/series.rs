@@ -94,7 +94,7 @@ impl Inventory {
     /// the whole lungs. Ties go to the finest slice spacing, then the most slices, then
     /// the series and kernel in lexical order, so the choice never depends on file order.
     pub fn scan(inputs: &[PathBuf], config: &ReaderConfig) -> Inventory {
-        let files = list_files(inputs);
+        let (files, unreadable) = list_files(inputs);
         let results: Vec<(PathBuf, Result<SliceHeader, ReadError>)> = files
             .par_iter()
             .map(|path| (path.clone(), read_header(path, config)))
@@ -102,6 +102,7 @@ impl Inventory {
 
         let mut inventory = Inventory {
             files_seen: files.len(),
+            skipped: unreadable,
             ..Inventory::default()
         };
         let mut seen_instances = HashSet::new();
@@ -116,7 +117,7 @@ impl Inventory {
                     stacks.entry(StackKey::of(&header)).or_default().push(header);
                 }
                 Err(error) => {
-                    tracing::debug!(path = %path.display(), reason = %error.reason(), "Skipped file: {error}.");
+                    tracing::debug!(reason = %error.reason(), "Skipped a file: {error}.");
                     inventory.skipped.push(SkippedFile {
                         path,
                         reason: error.reason(),
@@ -147,9 +148,42 @@ impl Inventory {
         inventory
     }
 
-    /// Returns the stack to analyse: the first candidate, unless it has a problem.
+    /// Returns the stack to analyse: the first candidate without a problem. After
+    /// [`Inventory::load_selected`], that is the stack that loaded.
     pub fn selected(&self) -> Option<&StackCandidate> {
-        self.candidates.first().filter(|c| c.problem.is_none())
+        self.candidates.iter().find(|c| c.problem.is_none())
+    }
+
+    /// Loads the candidates in order of preference until one loads. A candidate that
+    /// fails to load (its pixels cannot be decoded, its values are not Hounsfield units)
+    /// keeps the error as its problem, so [`Inventory::selected`] moves past it.
+    ///
+    /// # Errors
+    ///
+    /// When no candidate loads: the problem of the preferred one.
+    pub fn load_selected(&mut self, config: &ReaderConfig) -> Result<CtVolume, ReadError> {
+        for index in 0..self.candidates.len() {
+            if self.candidates[index].problem.is_some() {
+                continue;
+            }
+            match load_volume(&self.candidates[index], config) {
+                Ok(volume) => return Ok(volume),
+                Err(error) => {
+                    tracing::info!(
+                        series_uid = %self.candidates[index].series_uid,
+                        reason = %error.reason(),
+                        "A candidate stack failed to load; trying the next one: {error}"
+                    );
+                    self.candidates[index].problem = Some(error);
+                }
+            }
+        }
+        let first_problem = self.candidates.iter().find_map(|c| c.problem.clone());
+        Err(first_problem.unwrap_or_else(|| ReadError::NoImages {
+            input: "the inputs".to_string(),
+            files_seen: self.files_seen,
+            skipped: self.skipped.len(),
+        }))
     }
 }
 
@@ -158,10 +192,10 @@ impl Inventory {
 ///
 /// # Errors
 ///
-/// `no_images` when no file is a usable CT image. Otherwise the problem of the preferred
-/// stack when no stack can be loaded, or an error from loading it.
+/// `no_images` when no file is a usable CT image. Otherwise, when no stack loads, the
+/// problem of the preferred stack.
 pub fn read_volume(inputs: &[PathBuf], config: &ReaderConfig) -> Result<(CtVolume, Inventory), ReadError> {
-    let inventory = Inventory::scan(inputs, config);
+    let mut inventory = Inventory::scan(inputs, config);
     if inventory.candidates.is_empty() {
         return Err(ReadError::NoImages {
             input: inputs
@@ -173,7 +207,7 @@ pub fn read_volume(inputs: &[PathBuf], config: &ReaderConfig) -> Result<(CtVolum
             skipped: inventory.skipped.len(),
         });
     }
-    let volume = load_volume(&inventory.candidates[0], config)?;
+    let volume = inventory.load_selected(config)?;
     Ok((volume, inventory))
 }
 
@@ -531,8 +565,10 @@ fn log_skipped(skipped: &[SkippedFile]) {
 }
 
 /// Lists every regular file under `inputs`, in path order, walking folders recursively.
-fn list_files(inputs: &[PathBuf]) -> Vec<PathBuf> {
+/// Folders that cannot be listed are returned as skipped entries.
+fn list_files(inputs: &[PathBuf]) -> (Vec<PathBuf>, Vec<SkippedFile>) {
     let mut files = Vec::new();
+    let mut unreadable = Vec::new();
     for input in inputs {
         if input.is_file() {
             files.push(input.clone());
@@ -543,10 +579,16 @@ fn list_files(inputs: &[PathBuf]) -> Vec<PathBuf> {
                 Ok(entry) if entry.file_type().is_file() => files.push(entry.into_path()),
                 Ok(_) => {}
                 Err(error) => {
-                    tracing::warn!(input = %input.display(), "Cannot list a folder entry: {error}.");
+                    let path = error.path().unwrap_or(input).to_path_buf();
+                    tracing::warn!(path = %path.display(), "Cannot list a folder: {error}.");
+                    unreadable.push(SkippedFile {
+                        message: format!("{}: cannot list the folder: {error}", path.display()),
+                        path,
+                        reason: ReasonCode::Unreadable,
+                    });
                 }
             }
         }
     }
-    files
+    (files, unreadable)
 }

@@ -193,6 +193,50 @@ fn every_edge_file_reads_or_has_a_reason() {
     assert!(reasons["truncated"].iter().any(|n| n == "rtplan_truncated.dcm"), "{reasons:#?}");
 }
 
+/// Copies `source` with the last two thirds of its pixel data zeroed, as a broken
+/// transfer might leave it.
+fn with_zeroed_pixel_data(source: &Path, target: &Path) {
+    let mut bytes = std::fs::read(source).unwrap();
+    let tag = [0xE0, 0x7F, 0x10, 0x00];
+    let start = bytes.windows(4).rposition(|w| w == tag).expect("a Pixel Data element");
+    let length = bytes.len() - start;
+    let zero_from = start + length / 3;
+    let zero_to = bytes.len() - 20;
+    bytes[zero_from..zero_to].fill(0);
+    std::fs::write(target, bytes).unwrap();
+}
+
+#[test]
+fn corrupt_rle_is_decode_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let corrupt = dir.path().join("corrupt.dcm");
+    with_zeroed_pixel_data(
+        &edge(&format!("{CORNERSTONE}/CTImage.dcm_RLELosslessTransferSyntax_1.2.840.10008.1.2.5.dcm")),
+        &corrupt,
+    );
+    let bytes = std::fs::read(&corrupt).unwrap();
+    let object = parse_object(&bytes, &corrupt).unwrap();
+    let error = decode_stored_values(&object, &corrupt).unwrap_err();
+    assert_eq!(error.reason(), ReasonCode::DecodeFailed);
+    assert!(error.to_string().contains("corrupt.dcm"), "{error}");
+}
+
+#[test]
+fn failed_stack_falls_back_to_the_next() {
+    // The preferred stack of the suite (16x16 test images) is not in Hounsfield units;
+    // the reader moves on to the next candidate that loads.
+    let config = ReaderConfig {
+        min_slices: 1,
+        ..ReaderConfig::default()
+    };
+    let (volume, inventory) = lungstream_dicom::read_volume(&[data_dir().join("dicom-edge")], &config).unwrap();
+    let first = &inventory.candidates[0];
+    assert_eq!(first.problem.as_ref().map(|p| p.reason()), Some(ReasonCode::NotHounsfield));
+    let selected = inventory.selected().unwrap();
+    assert_eq!(volume.meta.series_uid, selected.series_uid);
+    assert_eq!((volume.dims.rows, volume.dims.columns), (512, 512));
+}
+
 #[test]
 fn reason_messages_name_the_file() {
     let path = edge(&format!("{CORNERSTONE}/CTImage.dcm_JPEGProcess6_8TransferSyntax_1.2.840.10008.1.2.4.53.dcm"));

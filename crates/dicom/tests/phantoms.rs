@@ -394,6 +394,15 @@ fn truncated_slice_is_named_and_leaves_a_gap() {
 }
 
 #[test]
+fn missing_folder_is_unreadable() {
+    let dir = tempfile::tempdir().unwrap();
+    let inventory = Inventory::scan(&[dir.path().join("missing")], &ReaderConfig::default());
+    assert_eq!(inventory.skipped.len(), 1);
+    assert_eq!(inventory.skipped[0].reason, ReasonCode::Unreadable);
+    assert!(inventory.skipped[0].message.contains("missing"), "{}", inventory.skipped[0].message);
+}
+
+#[test]
 fn patient_key_replaces_the_patient_id() {
     let spec = PhantomSpec {
         patient_name: "Doe^Jane".to_string(),

@@ -121,7 +121,7 @@ impl Rescale {
 /// not follow `rows` or `pixel_spacing_mm`; set it too when changing the matrix, or use
 /// [`PhantomSpec::with_matrix`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct PhantomSpec {
     /// Seed of every random choice: anatomy variation, lesions, noise, instance order.
     pub seed: u64,

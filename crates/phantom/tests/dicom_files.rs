@@ -687,3 +687,12 @@ fn full_size_series_timing() {
     println!("render 512x512x100: {:?}", start.elapsed());
     assert_eq!(series.slices.len(), 100);
 }
+
+#[test]
+fn spec_rejects_unknown_fields() {
+    // A typo in an edited spec must not silently give another phantom.
+    let error = serde_json::from_str::<lungstream_phantom::PhantomSpec>(r#"{"missing_slice": [3]}"#).unwrap_err();
+    assert!(error.to_string().contains("missing_slice"), "{error}");
+    let spec: lungstream_phantom::PhantomSpec = serde_json::from_str(r#"{"missing_slices": [3]}"#).unwrap();
+    assert_eq!(spec.missing_slices, vec![3]);
+}
