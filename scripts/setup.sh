@@ -3,18 +3,19 @@
 # fresh Debian machine with a Rust toolchain and Python 3 can build and test lungstream.
 # Safe to run again: it does nothing when everything is already there.
 #
-#   .cache/venv   CMake (builds CharLS, the JPEG-LS codec), pydicom and numpy (the
-#                 reference implementation the benchmarks compare against)
+#   .cache/venv   CMake (builds CharLS, the JPEG-LS codec), pydicom, numpy, scipy and
+#                 scikit-learn (the reference implementations the benchmarks compare
+#                 against)
 #   .cache/pip    pip's download cache, so a rebuilt venv needs no network
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache="$root/.cache"
 venv="$cache/venv"
-stamp="$venv/.lungstream-setup-v1"
+stamp="$venv/.lungstream-setup-v2"
 
 # Pinned so that every machine builds and benchmarks against the same tools.
-python_packages=(cmake==4.4.5 pydicom==3.0.2 numpy==2.4.6)
+python_packages=(cmake==4.4.5 pydicom==3.0.2 numpy==2.4.6 scipy==1.17.1 scikit-learn==1.9.1)
 
 if [[ -f "$stamp" ]]; then
     exit 0

@@ -6,6 +6,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+// Preprocessing allocates and frees many slice-sized buffers; the system allocator
+// returns them to the kernel and page-faults them back in, mimalloc keeps them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bench;
 mod inspect;
 mod phantom;

@@ -68,6 +68,19 @@ impl BitMask {
         self.words[i / 64] >> (i % 64) & 1 == 1
     }
 
+    /// Copies bits `start .. start + out.len()` into `out`.
+    ///
+    /// # Panics
+    ///
+    /// If the range exceeds the mask.
+    pub fn copy_range(&self, start: usize, out: &mut [bool]) {
+        assert!(start + out.len() <= self.len, "range beyond a mask of {}", self.len);
+        for (i, bit) in out.iter_mut().enumerate() {
+            let j = start + i;
+            *bit = self.words[j / 64] >> (j % 64) & 1 == 1;
+        }
+    }
+
     /// Number of set bits.
     pub fn count_ones(&self) -> usize {
         self.words.iter().map(|w| w.count_ones() as usize).sum()

@@ -6,6 +6,9 @@
 
 use std::path::PathBuf;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use lungstream_preprocess::lungs::{extract_lungs, Side};
 use lungstream_preprocess::normalise::{background_mask, shift_hu, BackgroundHistogram};
 

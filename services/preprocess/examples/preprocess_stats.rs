@@ -6,6 +6,9 @@
 
 use std::path::PathBuf;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let dir = PathBuf::from(std::env::args_os().nth(1).expect("usage: preprocess_stats DIR"));
     let config = lungstream_dicom::ReaderConfig {

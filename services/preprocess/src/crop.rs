@@ -76,13 +76,27 @@ impl CropBox {
 
     /// Crops `image` (values in normalised units, 0..=2048) into a 256×256 image:
     /// bilinear when scaled, an exact copy otherwise; black (0) around the pasted image.
-    pub fn crop_values(&self, image: &Image<u16>) -> Image<u16> {
+    /// `image` may be a region of the slice whose first pixel is at `origin` (row,
+    /// column); it must cover the box and, when scaled, one pixel around it.
+    pub fn crop_values(&self, image: &Image<u16>, origin: (usize, usize)) -> Image<u16> {
         let mut out = Image::filled(CROP_SIZE, CROP_SIZE, 0u16);
+        if self.scale == 1.0 {
+            // Unscaled: each pasted row is a copy of a box row.
+            for pr in 0..self.pasted_rows {
+                let source_row = self.row + pr - origin.0;
+                let start = source_row * image.columns + self.column - origin.1;
+                let target = (self.offset_row + pr) * CROP_SIZE + self.offset_column;
+                out.data[target..target + self.pasted_columns]
+                    .copy_from_slice(&image.data[start..start + self.pasted_columns]);
+            }
+            return out;
+        }
         for r in 0..CROP_SIZE {
             for c in 0..CROP_SIZE {
                 let Some((sr, sc)) = self.source(r, c) else {
                     continue;
                 };
+                let (sr, sc) = (sr - origin.0 as f64, sc - origin.1 as f64);
                 let value = if self.scale == 1.0 {
                     f64::from(image.get(sr.round() as usize, sc.round() as usize))
                 } else {
@@ -97,6 +111,15 @@ impl CropBox {
     /// Crops a mask into a 256×256 mask (nearest pixel).
     pub fn crop_mask(&self, mask: &Mask) -> Mask {
         let mut out = Mask::filled(CROP_SIZE, CROP_SIZE, false);
+        if self.scale == 1.0 {
+            for pr in 0..self.pasted_rows {
+                let start = (self.row + pr) * mask.columns + self.column;
+                let target = (self.offset_row + pr) * CROP_SIZE + self.offset_column;
+                out.data[target..target + self.pasted_columns]
+                    .copy_from_slice(&mask.data[start..start + self.pasted_columns]);
+            }
+            return out;
+        }
         for r in 0..CROP_SIZE {
             for c in 0..CROP_SIZE {
                 if let Some((sr, sc)) = self.source(r, c) {
@@ -140,8 +163,15 @@ mod tests {
         let mut image = Image::filled(300, 300, 0u16);
         image.set(100, 20, 777);
         image.set(149, 119, 555);
-        let values = crop.crop_values(&image);
+        let values = crop.crop_values(&image, (0, 0));
         assert_eq!(values.get(103, 78), 777);
+        // The same from a region of the slice that starts at (99, 19).
+        let region = Image::from_vec(
+            52,
+            102,
+            (99..151).flat_map(|r| (19..121).map(move |c| (r, c))).map(|(r, c)| image.get(r, c)).collect(),
+        );
+        assert_eq!(crop.crop_values(&region, (99, 19)), values);
         assert_eq!(values.get(103 + 49, 78 + 99), 555);
         assert_eq!(crop.crop_mask(&mask).count(), 50 * 100);
     }
@@ -160,7 +190,7 @@ mod tests {
         assert_eq!((crop.pasted_rows, crop.pasted_columns), (256, 128));
         assert_eq!((crop.offset_row, crop.offset_column), (0, 64));
         let image = Image::filled(500, 500, 1000u16);
-        let values = crop.crop_values(&image);
+        let values = crop.crop_values(&image, (0, 0));
         assert_eq!(values.get(128, 128), 1000);
         assert_eq!(values.get(128, 10), 0);
         assert_eq!(crop.crop_mask(&mask).count(), 256 * 128);

@@ -76,19 +76,29 @@ fn separable(mask: &Mask, size: usize, line_op: fn(&[bool], &mut [bool], usize, 
         let line = &mask.data[r * columns..(r + 1) * columns];
         line_op(line, &mut horizontal[r * columns..(r + 1) * columns], before, after);
     }
-    let mut out = vec![false; rows * columns];
-    let mut column_in = vec![false; rows];
-    let mut column_out = vec![false; rows];
+    // Transpose, run the same row operation, transpose back: rows stay contiguous.
+    let transposed = transpose(&horizontal, rows, columns);
+    let mut vertical = vec![false; rows * columns];
     for c in 0..columns {
-        for r in 0..rows {
-            column_in[r] = horizontal[r * columns + c];
-        }
-        line_op(&column_in, &mut column_out, before, after);
-        for r in 0..rows {
-            out[r * columns + c] = column_out[r];
+        line_op(&transposed[c * rows..(c + 1) * rows], &mut vertical[c * rows..(c + 1) * rows], before, after);
+    }
+    Mask::from_vec(rows, columns, transpose(&vertical, columns, rows))
+}
+
+/// Transposes a row-major `rows` × `columns` array, in 32 × 32 tiles to stay in cache.
+fn transpose(data: &[bool], rows: usize, columns: usize) -> Vec<bool> {
+    const TILE: usize = 32;
+    let mut out = vec![false; rows * columns];
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..columns).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(columns) {
+                    out[c * rows + r] = data[r * columns + c];
+                }
+            }
         }
     }
-    Mask::from_vec(rows, columns, out)
+    out
 }
 
 /// Sets `out[i]` when all of `line[i - before ..= i + after]` are set and inside the line.
@@ -228,30 +238,33 @@ pub fn fill_holes(mask: &Mask) -> Mask {
 }
 
 /// Fills the holes of `mask` that have at most `max_area` pixels.
+///
+/// Only the bounding box of the set pixels, grown by one pixel, is labelled: everything
+/// beyond it is unset and joins the outside.
 pub fn fill_small_holes(mask: &Mask, max_area: usize) -> Mask {
-    let holes_and_outside = Mask::from_vec(mask.rows, mask.columns, mask.data.iter().map(|v| !v).collect());
-    let components = label_components(&holes_and_outside);
-    Mask::from_vec(
-        mask.rows,
-        mask.columns,
-        mask.data
-            .iter()
-            .zip(&components.labels.data)
-            .map(|(set, label)| {
-                let label = *label as usize;
-                *set || (!components.touches_border[label] && components.areas[label] <= max_area)
-            })
-            .collect(),
-    )
+    let Some((top, left, rows, columns)) = bounding_box(mask, 1) else {
+        return mask.clone();
+    };
+    let window = Mask::from_vec(
+        rows,
+        columns,
+        (0..rows * columns).map(|i| mask.get(top + i / columns, left + i % columns)).collect(),
+    );
+    let complement = Mask::from_vec(rows, columns, window.data.iter().map(|v| !v).collect());
+    let components = label_components(&complement);
+    let mut out = mask.clone();
+    for (i, label) in components.labels.data.iter().enumerate() {
+        let label = *label as usize;
+        if label != 0 && !components.touches_border[label] && components.areas[label] <= max_area {
+            out.set(top + i / columns, left + i % columns, true);
+        }
+    }
+    out
 }
 
-/// Closes `mask` with a disk of `radius` pixels (dilation, then erosion), filling gaps
-/// and bays narrower than the disk. Pixels beyond the image border count as unset.
-///
-/// Both steps threshold an exact Euclidean distance transform, computed only over the
-/// mask's bounding box grown by the radius, so the cost does not grow with the radius.
-pub fn close_disk(mask: &Mask, radius: usize) -> Mask {
-    let mut out = mask.clone();
+/// Bounding box of the set pixels grown by `margin` and clipped to the image, as (first
+/// row, first column, rows, columns); `None` for an empty mask.
+pub fn bounding_box(mask: &Mask, margin: usize) -> Option<(usize, usize, usize, usize)> {
     let (mut top, mut bottom, mut left, mut right) = (usize::MAX, 0, usize::MAX, 0);
     for (i, set) in mask.data.iter().enumerate() {
         if *set {
@@ -262,14 +275,28 @@ pub fn close_disk(mask: &Mask, radius: usize) -> Mask {
             right = right.max(c);
         }
     }
-    if top == usize::MAX || radius == 0 {
-        return out;
+    if top == usize::MAX {
+        return None;
     }
-    let margin = radius + 1;
     let (top, left) = (top.saturating_sub(margin), left.saturating_sub(margin));
     let bottom = (bottom + margin).min(mask.rows - 1);
     let right = (right + margin).min(mask.columns - 1);
-    let (rows, columns) = (bottom - top + 1, right - left + 1);
+    Some((top, left, bottom - top + 1, right - left + 1))
+}
+
+/// Closes `mask` with a disk of `radius` pixels (dilation, then erosion), filling gaps
+/// and bays narrower than the disk. Pixels beyond the image border count as unset.
+///
+/// Both steps threshold an exact Euclidean distance transform, computed only over the
+/// mask's bounding box grown by the radius, so the cost does not grow with the radius.
+pub fn close_disk(mask: &Mask, radius: usize) -> Mask {
+    let mut out = mask.clone();
+    if radius == 0 {
+        return out;
+    }
+    let Some((top, left, rows, columns)) = bounding_box(mask, radius + 1) else {
+        return out;
+    };
     let window: Vec<bool> = (0..rows * columns)
         .map(|i| mask.get(top + i / columns, left + i % columns))
         .collect();

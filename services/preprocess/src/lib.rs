@@ -224,9 +224,10 @@ fn process_slice(volume: &CtVolume, k: usize, median: u16, pixel_area_mm2: f64, 
         let neighbour = |k: isize| k.clamp(0, dims.slices as isize - 1) as usize;
         let channels = [neighbour(k as isize - 1), k, neighbour(k as isize + 1)].map(|slice| {
             if slice == k {
-                crop_box.crop_values(&normalised)
+                crop_box.crop_values(&normalised, (0, 0))
             } else {
-                crop_box.crop_values(&normalised_slice(volume, slice, median).0)
+                let (region, origin) = normalised_region(volume, slice, median, &crop_box);
+                crop_box.crop_values(&region, origin)
             }
         });
         let crop_mask = crop_box.crop_mask(mask);
@@ -249,8 +250,8 @@ fn process_slice(volume: &CtVolume, k: usize, median: u16, pixel_area_mm2: f64, 
 fn shifted_slice(volume: &CtVolume, k: usize) -> (Image<u16>, Mask) {
     let dims = volume.dims;
     let shifted = volume.slice(k).iter().map(|hu| shift_hu(*hu)).collect();
-    let offset = k * dims.slice_len();
-    let padding = (0..dims.slice_len()).map(|i| volume.padding.get(offset + i)).collect();
+    let mut padding = vec![false; dims.slice_len()];
+    volume.padding.copy_range(k * dims.slice_len(), &mut padding);
     (
         Image::from_vec(dims.rows, dims.columns, shifted),
         Mask::from_vec(dims.rows, dims.columns, padding),
@@ -268,6 +269,49 @@ pub fn normalised_slice(volume: &CtVolume, k: usize, background_median: u16) -> 
         .collect();
     let normalised = Image::from_vec(shifted.rows, shifted.columns, values);
     (median_filter_3x3(&normalised), padding)
+}
+
+/// Normalised, median-filtered values of slice `k` over `crop_box` and a one-pixel margin
+/// (clipped to the slice), and the region's first (row, column) in the slice.
+///
+/// Equal to the same pixels of [`normalised_slice`], at a fraction of the cost: the median
+/// filter runs over the region and one more margin pixel, which is all it reads.
+fn normalised_region(volume: &CtVolume, k: usize, background_median: u16, crop_box: &CropBox) -> (Image<u16>, (usize, usize)) {
+    let dims = volume.dims;
+    let grow = |start: usize, length: usize, margin: usize, limit: usize| {
+        let first = start.saturating_sub(margin);
+        let last = (start + length + margin).min(limit);
+        (first, last - first)
+    };
+    // The filter input reaches two pixels beyond the box: one for the output margin,
+    // one for the filter window.
+    let (top, rows) = grow(crop_box.row, crop_box.rows, 2, dims.rows);
+    let (left, columns) = grow(crop_box.column, crop_box.columns, 2, dims.columns);
+    let slice = volume.slice(k);
+    let mut padding = vec![false; dims.columns];
+    let mut values = Vec::with_capacity(rows * columns);
+    for r in top..top + rows {
+        volume.padding.copy_range((k * dims.rows + r) * dims.columns, &mut padding);
+        for c in left..left + columns {
+            let value = if padding[c] {
+                0
+            } else {
+                normalise_value(shift_hu(slice[r * dims.columns + c]), background_median)
+            };
+            values.push(value);
+        }
+    }
+    let filtered = median_filter_3x3(&Image::from_vec(rows, columns, values));
+    // Drop the outer pixel where the region was cut (its window was clamped wrongly),
+    // except at the slice border, where clamping is what the full-slice filter does too.
+    let (inner_top, inner_rows) = grow(crop_box.row, crop_box.rows, 1, dims.rows);
+    let (inner_left, inner_columns) = grow(crop_box.column, crop_box.columns, 1, dims.columns);
+    let mut inner = Vec::with_capacity(inner_rows * inner_columns);
+    for r in inner_top..inner_top + inner_rows {
+        let start = (r - top) * columns + (inner_left - left);
+        inner.extend_from_slice(&filtered.data[start..start + inner_columns]);
+    }
+    (Image::from_vec(inner_rows, inner_columns, inner), (inner_top, inner_left))
 }
 
 /// Histogram of the middle channel of every crop.

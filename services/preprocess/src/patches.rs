@@ -58,17 +58,23 @@ pub fn manhattan_distance_to_border(mask: &Mask) -> Image<u32> {
 /// For each coarse patch, the minimum periphery distance over its lung pixels (0 when the
 /// patch holds no lung).
 pub fn coarse_patch_min_distance(distance: &Image<u32>, mask: &Mask) -> Image<u32> {
-    coarse_patches(|rows, columns| {
-        let mut minimum = None::<u32>;
-        for r in rows {
-            for c in columns.clone() {
-                if mask.get(r, c) {
-                    let d = distance.get(r, c);
-                    minimum = Some(minimum.map_or(d, |m| m.min(d)));
-                }
-            }
+    // Separable: the minimum over each patch's columns for every row, then over its rows.
+    let size = distance.rows;
+    let lung_distance = |r: usize, c: usize| if mask.get(r, c) { distance.get(r, c) } else { u32::MAX };
+    let mut by_row = Image::filled(size, COARSE_GRID, u32::MAX);
+    for r in 0..size {
+        for j in 0..COARSE_GRID {
+            let minimum = coarse_patch_range(j).map(|c| lung_distance(r, c)).min().unwrap_or(u32::MAX);
+            by_row.set(r, j, minimum);
         }
-        minimum.unwrap_or(0)
+    }
+    coarse_patches(|_, j, rows, _| {
+        let minimum = rows.map(|r| by_row.get(r, j)).min().unwrap_or(u32::MAX);
+        if minimum == u32::MAX {
+            0
+        } else {
+            minimum
+        }
     })
 }
 
@@ -88,9 +94,12 @@ impl InfectionBand {
     /// (`histogram[v]` counts value `v`), or `None` for an empty histogram.
     ///
     /// The dark and bright peaks are the most frequent values below and above the
-    /// histogram's two-cluster K-means threshold; the histogram is smoothed over 33 values
-    /// (about 1.6% of the range) before the least frequent value between them is taken,
-    /// so single-value noise does not decide it.
+    /// histogram's two-cluster K-means threshold. Value 0 (the crops' black surround and
+    /// clipped air) is left out of the peaks, or the dark peak would sit at 0 and the
+    /// least frequent value right next to it. The histogram is smoothed over 33 values
+    /// (about 1.6% of the range) before the least frequent value between the peaks is
+    /// taken, so single-value noise does not decide it; that value is searched above the
+    /// lower threshold only. The standard deviation uses every pixel, zeros included.
     pub fn from_histogram(histogram: &[u64]) -> Option<InfectionBand> {
         let total: u64 = histogram.iter().sum();
         if total == 0 {
@@ -104,14 +113,21 @@ impl InfectionBand {
             .sum::<f64>()
             / total as f64;
 
-        let smoothed = smooth(histogram, 16);
-        let split = crate::kmeans::kmeans_two_clusters(histogram)?.threshold().round() as usize;
-        let split = split.min(histogram.len() - 1);
-        let dark_peak = argmax(&smoothed[..=split]);
+        let mut content = histogram.to_vec();
+        content[0] = 0;
+        let smoothed = smooth(&content, 16);
+        let split = crate::kmeans::kmeans_two_clusters(&content).map_or(0.0, |c| c.threshold()).round() as usize;
+        let split = split.clamp(1, histogram.len() - 1);
+        let dark_peak = 1 + argmax(&smoothed[1..=split]);
         let bright_peak = split + argmax(&smoothed[split..]);
-        let valley = dark_peak + argmin(&smoothed[dark_peak..=bright_peak]);
+        // Infection forms a third bump between the peaks, and the least frequent value
+        // would then fall between healthy lung and infection. Above the lower threshold,
+        // the least frequent value separates infection from tissue, as the band needs.
+        let lower = variance.sqrt();
+        let start = (lower.ceil() as usize).clamp(dark_peak, bright_peak);
+        let valley = start + argmin(&smoothed[start..=bright_peak]);
         Some(InfectionBand {
-            lower: variance.sqrt(),
+            lower,
             upper: valley as f64,
         })
     }
@@ -138,7 +154,7 @@ pub fn suspect_mask(crop: &Image<u16>, mask: &Mask, band: &InfectionBand) -> Mas
 /// Pseudo-infection label of each coarse patch: infected when more than a third of its
 /// pixels are suspect.
 pub fn coarse_patch_labels(suspect: &Mask) -> Image<bool> {
-    coarse_patches(|rows, columns| {
+    coarse_patches(|_, _, rows, columns| {
         let pixels = rows.len() * columns.len();
         let mut count = 0;
         for r in rows {
@@ -150,14 +166,14 @@ pub fn coarse_patch_labels(suspect: &Mask) -> Image<bool> {
     })
 }
 
-/// Evaluates `patch(rows, columns)` for every cell of the coarse grid.
+/// Evaluates `patch(i, j, rows, columns)` for every cell (i, j) of the coarse grid.
 fn coarse_patches<T: Copy + Default>(
-    mut patch: impl FnMut(std::ops::Range<usize>, std::ops::Range<usize>) -> T,
+    mut patch: impl FnMut(usize, usize, std::ops::Range<usize>, std::ops::Range<usize>) -> T,
 ) -> Image<T> {
     let mut out = Image::filled(COARSE_GRID, COARSE_GRID, T::default());
     for i in 0..COARSE_GRID {
         for j in 0..COARSE_GRID {
-            out.set(i, j, patch(coarse_patch_range(i), coarse_patch_range(j)));
+            out.set(i, j, patch(i, j, coarse_patch_range(i), coarse_patch_range(j)));
         }
     }
     out
@@ -226,18 +242,63 @@ mod tests {
 
     #[test]
     fn band_between_std_and_valley() {
-        // Dark peak at 100 (600 pixels), bright peak at 1000 (300 pixels), a few at 500.
+        // Black surround at 0, a lung peak around 150, a tissue peak around 1000, and a
+        // thin plateau between them that dips lowest around 600.
         let mut histogram = vec![0u64; 2049];
-        histogram[100] = 600;
-        histogram[1000] = 300;
-        histogram[500] = 10;
+        histogram[0] = 5000;
+        for v in 100..=200 {
+            histogram[v] = 50;
+        }
+        for v in 950..=1050 {
+            histogram[v] = 30;
+        }
+        for v in 201..950 {
+            histogram[v] = if (560..=640).contains(&v) { 1 } else { 3 };
+        }
         let band = InfectionBand::from_histogram(&histogram).unwrap();
-        // Mean 365000 / 910 = 401.1; variance 162098710 / 910, so the std is 422.05.
-        assert!((band.lower - 422.05).abs() < 0.01, "lower {}", band.lower);
-        // The smoothed histogram is 0 between the peaks except around 500; the first
-        // least frequent value after the dark peak is 117.
-        assert_eq!(band.upper, 117.0);
+        assert!((560.0..=640.0).contains(&band.upper), "upper {}", band.upper);
+        // The standard deviation counts the 5000 zeros too.
+        let total: u64 = histogram.iter().sum();
+        let mean = histogram.iter().enumerate().map(|(v, c)| v as f64 * *c as f64).sum::<f64>() / total as f64;
+        let variance = histogram.iter().enumerate().map(|(v, c)| (v as f64 - mean).powi(2) * *c as f64).sum::<f64>() / total as f64;
+        assert!((band.lower - variance.sqrt()).abs() < 1e-9);
+        assert!(band.lower > 200.0 && band.lower < band.upper, "lower {}", band.lower);
         assert!(InfectionBand::from_histogram(&[0; 10]).is_none());
+
+        // An infection bump at 300..400 adds a second valley near 250, below the lower
+        // threshold: the band's upper end stays at the valley before the tissue peak.
+        for v in 300..=400 {
+            histogram[v] = 20;
+        }
+        let band = InfectionBand::from_histogram(&histogram).unwrap();
+        assert!((560.0..=640.0).contains(&band.upper), "upper {}", band.upper);
+    }
+
+    #[test]
+    fn patch_min_distance_matches_brute_force() {
+        let mut mask = Mask::filled(CROP_SIZE, CROP_SIZE, false);
+        for r in 40..200 {
+            for c in 30..(60 + r / 2) {
+                mask.set(r, c, true);
+            }
+        }
+        let distance = manhattan_distance_to_border(&mask);
+        let fast = coarse_patch_min_distance(&distance, &mask);
+        for i in 0..COARSE_GRID {
+            for j in 0..COARSE_GRID {
+                let mut expected = u32::MAX;
+                for r in coarse_patch_range(i) {
+                    for c in coarse_patch_range(j) {
+                        if mask.get(r, c) {
+                            expected = expected.min(distance.get(r, c));
+                        }
+                    }
+                }
+                let expected = if expected == u32::MAX { 0 } else { expected };
+                assert_eq!(fast.get(i, j), expected, "patch ({i}, {j})");
+            }
+        }
+        assert!(fast.data.iter().any(|d| *d > 5));
     }
 
     #[test]
