@@ -64,9 +64,11 @@ def shift_hu(hu: np.ndarray) -> np.ndarray:
 def low_cluster(image: np.ndarray, padding: np.ndarray) -> np.ndarray | None:
     """Return the pixels of the lower of two K-means clusters of the non-padding values.
 
-    The centres start at the smallest and the largest value. Padding pixels are never in
-    the cluster. Returns None when every pixel is padding; when all values are equal,
-    every non-padding pixel is in the low cluster.
+    The centres start at the smallest and the largest value. tol=0 makes Lloyd's
+    iterations run until no value changes cluster, as the Rust crate's kmeans does;
+    scikit-learn's default tol stops earlier and moves the threshold by a few units.
+    Padding pixels are never in the cluster. Returns None when every pixel is padding;
+    when all values are equal, every non-padding pixel is in the low cluster.
     """
     values = image[~padding].astype(np.float64).reshape(-1, 1)
     if values.size == 0:
@@ -76,7 +78,7 @@ def low_cluster(image: np.ndarray, padding: np.ndarray) -> np.ndarray | None:
     if smallest == largest:
         low[~padding] = True
         return low
-    kmeans = KMeans(n_clusters=2, init=np.array([[smallest], [largest]]), n_init=1)
+    kmeans = KMeans(n_clusters=2, init=np.array([[smallest], [largest]]), n_init=1, tol=0)
     kmeans.fit(values)
     low[~padding] = kmeans.labels_ == np.argmin(kmeans.cluster_centers_[:, 0])
     return low

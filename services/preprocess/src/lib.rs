@@ -18,6 +18,7 @@
 //! Memory: slices are processed one at a time per thread; only the crops are kept.
 
 
+pub mod bundle;
 pub mod crop;
 pub mod image;
 pub mod kmeans;
@@ -84,7 +85,7 @@ impl<T: Copy + std::ops::Add<Output = T>> Sides<T> {
 }
 
 /// One lung on one slice, ready for the networks.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Lobe {
     /// Slice index in the volume (feet to head).
     pub slice: usize,
@@ -104,7 +105,7 @@ pub struct Lobe {
 }
 
 /// Series-level facts of the preprocessing.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SeriesFacts {
     pub series_uid: String,
     /// Median HU of the outside air: the batch-effect statistic to monitor per scanner.
@@ -121,7 +122,7 @@ pub struct SeriesFacts {
 }
 
 /// A preprocessed series: its lobes in slice order (right before left) and its facts.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PreprocessedSeries {
     pub facts: SeriesFacts,
     pub lobes: Vec<Lobe>,
