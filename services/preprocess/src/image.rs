@@ -1,7 +1,5 @@
 //! A minimal row-major 2-D image and the binary morphology the lung extraction needs.
 
-use std::collections::VecDeque;
-
 /// A row-major 2-D image.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Image<T> {
@@ -143,13 +141,13 @@ pub struct Components {
     pub touches_border: Vec<bool>,
 }
 
-/// Labels the 4-connected components of `mask` by breadth-first search.
+/// Labels the 4-connected components of `mask` by flood filling with an explicit stack.
 pub fn label_components(mask: &Mask) -> Components {
     let (rows, columns) = (mask.rows, mask.columns);
     let mut labels = Image::filled(rows, columns, 0u32);
     let mut areas = vec![0];
     let mut touches_border = vec![false];
-    let mut queue = VecDeque::new();
+    let mut stack: Vec<usize> = Vec::new();
     for start in 0..rows * columns {
         if !mask.data[start] || labels.data[start] != 0 {
             continue;
@@ -157,29 +155,17 @@ pub fn label_components(mask: &Mask) -> Components {
         let label = areas.len() as u32;
         let (mut area, mut border) = (0usize, false);
         labels.data[start] = label;
-        queue.push_back(start);
-        while let Some(i) = queue.pop_front() {
+        stack.push(start);
+        while let Some(i) = stack.pop() {
             area += 1;
             let (r, c) = (i / columns, i % columns);
             border |= r == 0 || c == 0 || r + 1 == rows || c + 1 == columns;
-            let mut visit = |j: usize| {
+            for_each_neighbour(i, r, c, rows, columns, |j| {
                 if mask.data[j] && labels.data[j] == 0 {
                     labels.data[j] = label;
-                    queue.push_back(j);
+                    stack.push(j);
                 }
-            };
-            if r > 0 {
-                visit(i - columns);
-            }
-            if r + 1 < rows {
-                visit(i + columns);
-            }
-            if c > 0 {
-                visit(i - 1);
-            }
-            if c + 1 < columns {
-                visit(i + 1);
-            }
+            });
         }
         areas.push(area);
         touches_border.push(border);
@@ -191,37 +177,46 @@ pub fn label_components(mask: &Mask) -> Components {
     }
 }
 
+/// Calls `visit` with the index of each 4-neighbour of pixel `i` at (`r`, `c`).
+#[inline(always)]
+fn for_each_neighbour(i: usize, r: usize, c: usize, rows: usize, columns: usize, mut visit: impl FnMut(usize)) {
+    if r > 0 {
+        visit(i - columns);
+    }
+    if r + 1 < rows {
+        visit(i + columns);
+    }
+    if c > 0 {
+        visit(i - 1);
+    }
+    if c + 1 < columns {
+        visit(i + 1);
+    }
+}
+
 /// Returns the pixels of `passable` reachable from the image border through passable
 /// pixels (4-connectivity).
 pub fn reachable_from_border(passable: &Mask) -> Mask {
     let (rows, columns) = (passable.rows, passable.columns);
     let mut reached = Mask::filled(rows, columns, false);
-    let mut queue = VecDeque::new();
-    let seed = |i: usize, reached: &mut Mask, queue: &mut VecDeque<usize>| {
+    let mut stack: Vec<usize> = Vec::new();
+    let border = (0..columns)
+        .flat_map(|c| [c, (rows - 1) * columns + c])
+        .chain((0..rows).flat_map(|r| [r * columns, r * columns + columns - 1]));
+    for i in border {
         if passable.data[i] && !reached.data[i] {
             reached.data[i] = true;
-            queue.push_back(i);
+            stack.push(i);
         }
-    };
-    for c in 0..columns {
-        seed(c, &mut reached, &mut queue);
-        seed((rows - 1) * columns + c, &mut reached, &mut queue);
     }
-    for r in 0..rows {
-        seed(r * columns, &mut reached, &mut queue);
-        seed(r * columns + columns - 1, &mut reached, &mut queue);
-    }
-    while let Some(i) = queue.pop_front() {
+    while let Some(i) = stack.pop() {
         let (r, c) = (i / columns, i % columns);
-        let neighbours = [
-            (r > 0).then(|| i - columns),
-            (r + 1 < rows).then(|| i + columns),
-            (c > 0).then(|| i - 1),
-            (c + 1 < columns).then(|| i + 1),
-        ];
-        for j in neighbours.into_iter().flatten() {
-            seed(j, &mut reached, &mut queue);
-        }
+        for_each_neighbour(i, r, c, rows, columns, |j| {
+            if passable.data[j] && !reached.data[j] {
+                reached.data[j] = true;
+                stack.push(j);
+            }
+        });
     }
     reached
 }

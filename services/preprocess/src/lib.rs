@@ -220,7 +220,7 @@ fn process_slice(volume: &CtVolume, k: usize, median: u16, pixel_area_mm2: f64, 
         let Some(crop_box) = CropBox::around(mask) else {
             continue;
         };
-        result.hu_counts.add(side, volume.slice(k), mask);
+        result.hu_counts.add(side, volume.slice(k), mask, &crop_box);
         // Neighbours cut with this slice's box; the first and last slice repeat.
         let neighbour = |k: isize| k.clamp(0, dims.slices as isize - 1) as usize;
         let channels = [neighbour(k as isize - 1), k, neighbour(k as isize + 1)].map(|slice| {
@@ -241,10 +241,20 @@ fn process_slice(volume: &CtVolume, k: usize, median: u16, pixel_area_mm2: f64, 
             patch_distance: coarse_patch_min_distance(&distance, &crop_mask),
             channels,
             mask: crop_mask,
-            lung_pixels: mask.count() as u32,
+            lung_pixels: crop_mask_pixels(mask, &crop_box),
         });
     }
     result
+}
+
+/// Lung pixels of a full-slice mask, counted inside its bounding box.
+fn crop_mask_pixels(mask: &Mask, crop_box: &CropBox) -> u32 {
+    (crop_box.row..crop_box.row + crop_box.rows)
+        .map(|r| {
+            let start = r * mask.columns + crop_box.column;
+            mask.data[start..start + crop_box.columns].iter().filter(|v| **v).count() as u32
+        })
+        .sum()
 }
 
 /// Shifted values (HU clipped to -2000..3000, plus 2000) and padding of slice `k`.

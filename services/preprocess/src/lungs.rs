@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::image::{close_disk, dilate_square, erode_square, fill_holes, fill_small_holes, label_components, reachable_from_border, Image, Mask};
+use crate::image::{close_disk, dilate_square, erode_square, fill_small_holes, label_components, reachable_from_border, Image, Mask};
 use crate::kmeans::kmeans_two_clusters;
 use crate::normalise::{histogram, NORMALISED_MAX};
 
@@ -125,7 +125,9 @@ pub fn extract_lungs(normalised: &Image<u16>, padding: &Mask, pixel_area_mm2: f6
         columns,
         outside.data.iter().map(|v| !v).collect(),
     ));
-    let body_filled = fill_holes(&body);
+    // Everything the outside air does not reach: the body with the lungs inside it (and
+    // the table, which holds no lung candidates).
+    let body_filled = Mask::from_vec(rows, columns, outside.data.iter().map(|v| !v).collect());
     if body.count() == 0 {
         return empty;
     }

@@ -246,15 +246,10 @@ mod tests {
         // thin plateau between them that dips lowest around 600.
         let mut histogram = vec![0u64; 2049];
         histogram[0] = 5000;
-        for v in 100..=200 {
-            histogram[v] = 50;
-        }
-        for v in 950..=1050 {
-            histogram[v] = 30;
-        }
-        for v in 201..950 {
-            histogram[v] = if (560..=640).contains(&v) { 1 } else { 3 };
-        }
+        histogram[100..=200].fill(50);
+        histogram[950..=1050].fill(30);
+        histogram[201..950].fill(3);
+        histogram[560..=640].fill(1);
         let band = InfectionBand::from_histogram(&histogram).unwrap();
         assert!((560.0..=640.0).contains(&band.upper), "upper {}", band.upper);
         // The standard deviation counts the 5000 zeros too.
@@ -267,9 +262,7 @@ mod tests {
 
         // An infection bump at 300..400 adds a second valley near 250, below the lower
         // threshold: the band's upper end stays at the valley before the tissue peak.
-        for v in 300..=400 {
-            histogram[v] = 20;
-        }
+        histogram[300..=400].fill(20);
         let band = InfectionBand::from_histogram(&histogram).unwrap();
         assert!((560.0..=640.0).contains(&band.upper), "upper {}", band.upper);
     }

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::crop::CropBox;
 use crate::image::Mask;
 use crate::lungs::Side;
 use crate::patches::InfectionBand;
@@ -22,16 +23,21 @@ pub(crate) struct HuBandCounts {
 }
 
 impl HuBandCounts {
-    /// Counts the lung pixels of one side on one slice (`hu` row-major like `mask`).
-    pub(crate) fn add(&mut self, side: Side, hu: &[i16], mask: &Mask) {
+    /// Counts the lung pixels of one side on one slice (`hu` row-major like `mask`),
+    /// looking only inside the mask's bounding box.
+    pub(crate) fn add(&mut self, side: Side, hu: &[i16], mask: &Mask, crop_box: &CropBox) {
         let s = side_index(side);
-        for (value, lung) in hu.iter().zip(&mask.data) {
-            if !lung {
-                continue;
+        for r in crop_box.row..crop_box.row + crop_box.rows {
+            let start = r * mask.columns + crop_box.column;
+            let range = start..start + crop_box.columns;
+            for (value, lung) in hu[range.clone()].iter().zip(&mask.data[range]) {
+                if !lung {
+                    continue;
+                }
+                self.lung[s] += 1;
+                self.ground_glass[s] += u64::from((GROUND_GLASS_HU.0..=GROUND_GLASS_HU.1).contains(value));
+                self.consolidation[s] += u64::from((CONSOLIDATION_HU.0..=CONSOLIDATION_HU.1).contains(value));
             }
-            self.lung[s] += 1;
-            self.ground_glass[s] += u64::from((GROUND_GLASS_HU.0..=GROUND_GLASS_HU.1).contains(value));
-            self.consolidation[s] += u64::from((CONSOLIDATION_HU.0..=CONSOLIDATION_HU.1).contains(value));
         }
     }
 
