@@ -1,8 +1,7 @@
-"""Reference for the preprocessing benchmark: the steps of services/preprocess in numpy,
-scipy and scikit-learn.
+"""Reference for the preprocessing benchmark: services/preprocess in numpy and scipy.
 
 It does the same work as the Rust crate's preprocessing of a volume, written as a Python
-developer would with these libraries. The steps are HU shift, outside-air background
+developer would with numpy, scipy and scikit-learn. The steps are HU shift, outside-air background
 median, normalisation and median filter, lung extraction per side, lobe crops with their
 neighbouring slices, and the minimum periphery distance per coarse patch. It prints one
 JSON object with the wall time of each repetition in seconds (loading the .npy files is
@@ -13,10 +12,18 @@ not timed) and counts that the Rust side can be compared against.
 
 VOLUME.npy is int16 HU [slices, rows, columns] in the canonical frame (rows anterior to
 posterior, columns the patient's right to left). PADDING.npy is a bool array of the same
-shape that marks voxels with no measurement.
+shape that marks voxels with no measurement. --slices K keeps only the first K slices,
+so the background median and the neighbours of the last slice come from those alone.
+
+The output keys are seconds, slices, lobes (lung crops), lung_pixels per side (at full
+resolution), background_median (shifted units, HU + 2000) and background_median_hu,
+lobe_slices (indices of the slices with a crop) and versions.
+
+Slices are processed one after another. Only scikit-learn's KMeans runs on several
+threads (OpenMP), and the scipy.ndimage calls run on one.
 
 The Rust crate also counts lung pixels per HU band and derives the pseudo-infection band
-from the crops' histogram; this reference leaves both out.
+from the crops' histogram. This reference leaves both out.
 """
 
 import argparse
@@ -32,7 +39,7 @@ import sklearn
 from scipy import ndimage
 from sklearn.cluster import KMeans
 
-# HU outside this range are artefacts and are clipped; shifted values are HU - HU_MIN.
+# HU outside this range are artefacts and are clipped. Shifted values are HU - HU_MIN.
 HU_MIN = -2000
 HU_MAX = 3000
 # Shifted values more than this above the background median are clipped (bone detail).
@@ -65,10 +72,11 @@ def low_cluster(image: np.ndarray, padding: np.ndarray) -> np.ndarray | None:
     """Return the pixels of the lower of two K-means clusters of the non-padding values.
 
     The centres start at the smallest and the largest value. tol=0 makes Lloyd's
-    iterations run until no value changes cluster, as the Rust crate's kmeans does;
-    scikit-learn's default tol stops earlier and moves the threshold by a few units.
-    Padding pixels are never in the cluster. Returns None when every pixel is padding;
-    when all values are equal, every non-padding pixel is in the low cluster.
+    iterations run until no value changes cluster, as the Rust crate's kmeans does.
+    scikit-learn's default tol (1e-4 of the data's variance) can stop earlier, leaving
+    the threshold several units away. Padding pixels are never in the cluster. Returns None when
+    every pixel is padding. When all values are equal, every non-padding pixel is in the
+    low cluster.
     """
     values = image[~padding].astype(np.float64).reshape(-1, 1)
     if values.size == 0:
@@ -109,7 +117,7 @@ def background_median(shifted: np.ndarray, padding: np.ndarray) -> int:
     """Return the lower median of the background values of all slices (shifted units).
 
     Raises SystemExit when no slice has outside air, because then the volume is not in
-    Hounsfield units or holds no air around the body.
+    Hounsfield units or contains no air around the body.
     """
     values = [shifted[k][background_mask(shifted[k], padding[k])] for k in range(len(shifted))]
     values = np.concatenate(values)
@@ -123,7 +131,7 @@ def normalise_slice(shifted: np.ndarray, padding: np.ndarray, median: int) -> np
     """Subtract the background median, clip to 0..NORMALISED_MAX, zero the padding, and
     apply a 3×3 median filter.
 
-    The integer n stands for the normalised value n / NORMALISED_MAX.
+    The integer n represents the normalised value n / NORMALISED_MAX.
     """
     normalised = np.clip(shifted.astype(np.int32) - median, 0, NORMALISED_MAX).astype(np.uint16)
     normalised[padding] = 0
@@ -192,17 +200,21 @@ def extract_lungs(normalised: np.ndarray, padding: np.ndarray, pixel_area_mm2: f
     if foreground is None:
         return {}
     outside = connected_to_border(foreground | padding)
-    body = largest_component(~outside)
+    # Everything the outside air does not reach: the body with the lungs inside it, and
+    # any table or cushion. The midline comes from the body alone, its largest component.
+    inside = ~outside
+    body = largest_component(inside)
     if not body.any():
         return {}
-    body_filled = ndimage.binary_fill_holes(body)
     midline = np.nonzero(body)[1].mean()
 
     eroded = ndimage.binary_erosion(foreground, structure=np.ones((EROSION_SIZE, EROSION_SIZE)), border_value=0)
+    # scipy centres the even 8×8 square so that a set pixel spreads 4 pixels up and left
+    # and 3 down and right; the Rust crate's dilate_square does the same.
     opened = ndimage.binary_dilation(eroded, structure=np.ones((DILATION_SIZE, DILATION_SIZE)))
     labels, _ = ndimage.label(opened)
     min_pixels = math.ceil(MIN_OBJECT_AREA_MM2 / pixel_area_mm2)
-    chosen = select_lung_objects(labels, outside, body_filled, midline, min_pixels)
+    chosen = select_lung_objects(labels, outside, inside, midline, min_pixels)
 
     # Lower columns are the patient's right in the canonical frame.
     on_right = np.arange(normalised.shape[1]) < midline
@@ -211,19 +223,19 @@ def extract_lungs(normalised: np.ndarray, padding: np.ndarray, pixel_area_mm2: f
         lung = (labels == label) & foreground
         if merged:
             lung &= on_right if side == "right" else ~on_right
-        lungs[side] = complete_lung_mask(lung, body_filled, padding, pixel_area_mm2)
+        lungs[side] = complete_lung_mask(lung, inside, padding, pixel_area_mm2)
     return lungs
 
 
 def select_lung_objects(
-    labels: np.ndarray, outside: np.ndarray, body_filled: np.ndarray, midline: float, min_pixels: int
+    labels: np.ndarray, outside: np.ndarray, inside: np.ndarray, midline: float, min_pixels: int
 ) -> dict[str, tuple[int, bool]]:
     """Pick each side's lung among the labelled objects: {side: (label, merged)}.
 
     Objects are dropped when they have fewer than min_pixels pixels, touch the image
-    border, lie more than half in the outside air or less than half in the filled body.
-    An object with at least min_pixels on both sides of the midline is two merged lungs
-    and competes on each side with that side's part; any other object competes on the
+    border, or lie more than half in the outside air, or less than half inside.
+    An object with at least min_pixels on both sides of the midline is two merged lungs,
+    so it competes on each side with that side's part. Any other object competes on the
     side where most of it lies (the right on a tie). Each side keeps its largest
     competitor, and an earlier label wins a tie.
     """
@@ -233,7 +245,7 @@ def select_lung_objects(
     right_area = np.bincount(labels[:, on_right].ravel(), minlength=count)
     left_area = area - right_area
     outside_pixels = np.bincount(labels[outside], minlength=count)
-    body_pixels = np.bincount(labels[body_filled], minlength=count)
+    inside_pixels = np.bincount(labels[inside], minlength=count)
     touches_border = np.zeros(count, dtype=bool)
     touches_border[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = True
 
@@ -241,7 +253,7 @@ def select_lung_objects(
     for label in range(1, count):
         if area[label] < min_pixels or touches_border[label]:
             continue
-        if 2 * outside_pixels[label] > area[label] or 2 * body_pixels[label] < area[label]:
+        if 2 * outside_pixels[label] > area[label] or 2 * inside_pixels[label] < area[label]:
             continue
         if right_area[label] >= min_pixels and left_area[label] >= min_pixels:
             candidates = [("right", right_area[label], True), ("left", left_area[label], True)]
@@ -255,19 +267,20 @@ def select_lung_objects(
 
 
 def complete_lung_mask(
-    lung: np.ndarray, body_filled: np.ndarray, padding: np.ndarray, pixel_area_mm2: float
+    lung: np.ndarray, inside: np.ndarray, padding: np.ndarray, pixel_area_mm2: float
 ) -> np.ndarray:
     """Fill the lung's small holes, close its narrow bays, and fill small holes again.
 
-    Holes up to MAX_HOLE_AREA_MM2 are vessels, nodules and lesions inside the lung; larger
-    ones are the diaphragm's dome. The closing with a disk of CLOSING_RADIUS_MM adds dense
-    lung against the chest wall, limited to the filled body outside the padding.
+    Holes up to MAX_HOLE_AREA_MM2 are vessels, nodules and lesions inside the lung, while
+    larger ones are the diaphragm's dome. The closing with a disk of CLOSING_RADIUS_MM
+    adds dense lung against the chest wall. Added pixels are kept only where `inside`
+    (not reached by the outside air) and not padding.
     """
     max_hole_pixels = math.floor(MAX_HOLE_AREA_MM2 / pixel_area_mm2)
     closing_radius = round(CLOSING_RADIUS_MM / math.sqrt(pixel_area_mm2))
     filled = fill_small_holes(lung, max_hole_pixels)
     closed = close_with_disk(filled, closing_radius)
-    with_bays = filled | (closed & body_filled & ~padding)
+    with_bays = filled | (closed & inside & ~padding)
     return fill_small_holes(with_bays, max_hole_pixels)
 
 
@@ -283,6 +296,11 @@ def crop_to_square(image: np.ndarray, box: tuple[slice, slice], order: int) -> n
     A box larger than CROP_SIZE is first scaled by CROP_SIZE / max(rows, columns) with
     spline order `order` (1 for values, 0 for masks). grid_mode maps pixel centres onto
     pixel centres and mode="nearest" repeats the edge, as the Rust crate samples.
+
+    NOTE: scaled crops are close to the Rust ones but not equal. zoom rounds each output
+    size half to even and samples each axis with its own input/output size ratio, while
+    the Rust crate rounds half away from zero and uses one scale for both axes. Unscaled
+    crops are equal.
     """
     part = image[box]
     scale = CROP_SIZE / max(part.shape)
@@ -353,7 +371,9 @@ def load_inputs(volume_path: str, padding_path: str, slices: int | None) -> tupl
     volume = np.load(volume_path)
     padding = np.load(padding_path)
     if volume.dtype != np.int16 or volume.ndim != 3:
-        raise SystemExit(f"{volume_path}: expected an int16 array [slices, rows, columns], got {volume.dtype} {volume.shape}")
+        raise SystemExit(
+            f"{volume_path}: expected an int16 array [slices, rows, columns], got {volume.dtype} {volume.shape}"
+        )
     if padding.dtype != np.bool_ or padding.shape != volume.shape:
         raise SystemExit(
             f"{padding_path}: expected a bool array of shape {volume.shape}, got {padding.dtype} {padding.shape}"
@@ -372,8 +392,8 @@ def main() -> None:
     parser.add_argument(
         "--spacing", type=float, nargs=2, required=True, metavar=("ROW_MM", "COL_MM"), help="pixel spacing in mm"
     )
-    parser.add_argument("--repeat", type=int, default=3, help="timed repetitions (default 3)")
-    parser.add_argument("--slices", type=int, help="process only the first K slices (default all)")
+    parser.add_argument("--repeat", type=int, default=3, metavar="N", help="timed repetitions (default 3)")
+    parser.add_argument("--slices", type=int, metavar="K", help="process only the first K slices (default all)")
     args = parser.parse_args()
     if args.repeat < 1:
         raise SystemExit(f"--repeat must be at least 1, got {args.repeat}")

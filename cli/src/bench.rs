@@ -109,6 +109,8 @@ fn bench_preprocess(args: &PreprocessBenchArgs) -> anyhow::Result<ExitCode> {
     let script = folder.join("preprocess_numpy.py");
     std::fs::write(&script, PREPROCESS_REFERENCE)?;
     let output = Command::new(&args.python)
+        // scikit-learn's K-means would otherwise use every core through OpenMP.
+        .env("OMP_NUM_THREADS", "1")
         .arg(&script)
         .arg(folder.join("volume.npy"))
         .arg(folder.join("padding.npy"))

@@ -56,7 +56,8 @@ pub fn erode_square(mask: &Mask, size: usize) -> Mask {
 
 /// Dilates `mask` with a `size` × `size` square: a pixel is set when any pixel of the
 /// square around it is set. For an even size the square covers offsets
-/// `-size/2 ..= size/2 - 1` around the pixel, as scipy.ndimage centres it.
+/// `-(size/2 - 1) ..= size/2` around the pixel, as scipy.ndimage centres it, so a single
+/// set pixel spreads `size/2` pixels up and left and `size/2 - 1` down and right.
 ///
 /// The square is separable, so this runs a 1-D running maximum along rows, then along
 /// columns: O(pixels) whatever the size.
@@ -66,7 +67,8 @@ pub fn dilate_square(mask: &Mask, size: usize) -> Mask {
 
 /// Applies a 1-D window operation along rows, then along columns.
 fn separable(mask: &Mask, size: usize, line_op: fn(&[bool], &mut [bool], usize, usize)) -> Mask {
-    let before = size / 2;
+    // scipy.ndimage centres an even square one pixel before its middle.
+    let before = (size - 1) / 2;
     let after = size - 1 - before;
     let (rows, columns) = (mask.rows, mask.columns);
     let mut horizontal = vec![false; rows * columns];
@@ -99,13 +101,22 @@ fn transpose(data: &[bool], rows: usize, columns: usize) -> Vec<bool> {
     out
 }
 
-/// Sets `out[i]` when all of `line[i - before ..= i + after]` are set and inside the line.
+/// Sets `out[i]` when all of `line[i - before ..= i + after]` are set and inside the line,
+/// using a count of unset pixels in the sliding window.
 fn erode_line(line: &[bool], out: &mut [bool], before: usize, after: usize) {
-    let inverted: Vec<bool> = line.iter().map(|v| !v).collect();
-    dilate_line(&inverted, out, before, after);
     let n = line.len();
-    for (i, value) in out.iter_mut().enumerate() {
-        *value = !*value && i >= before && i + after < n;
+    let mut unset = 0usize;
+    for value in line.iter().take(after.min(n.saturating_sub(1)) + 1) {
+        unset += usize::from(!*value);
+    }
+    for i in 0..n {
+        out[i] = unset == 0 && i >= before && i + after < n;
+        if i + 1 + after < n {
+            unset += usize::from(!line[i + 1 + after]);
+        }
+        if i >= before {
+            unset -= usize::from(!line[i - before]);
+        }
     }
 }
 
@@ -417,10 +428,10 @@ mod tests {
 
     #[test]
     fn dilate_even_size_reaches_up_and_left() {
-        // Size 4: each pixel looks at offsets -2 ..= 1 (as scipy.ndimage centres even
-        // structuring elements), so a point spreads one pixel further down and right.
+        // Size 4: each pixel looks at offsets -1 ..= 2, as scipy.ndimage centres even
+        // structuring elements, so a point spreads one pixel further up and left.
         let point = mask(&[".....", ".....", "..#..", ".....", "....."]);
-        assert_eq!(render(&dilate_square(&point, 4)), [".....", ".####", ".####", ".####", ".####"]);
+        assert_eq!(render(&dilate_square(&point, 4)), ["####.", "####.", "####.", "####.", "....."]);
     }
 
     #[test]

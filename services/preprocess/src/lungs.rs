@@ -120,14 +120,10 @@ pub fn extract_lungs(normalised: &Image<u16>, padding: &Mask, pixel_area_mm2: f6
         foreground.data.iter().zip(&padding.data).map(|(f, p)| *f || *p).collect(),
     );
     let outside = reachable_from_border(&outside_passable);
-    let body = largest_component(&Mask::from_vec(
-        rows,
-        columns,
-        outside.data.iter().map(|v| !v).collect(),
-    ));
     // Everything the outside air does not reach: the body with the lungs inside it (and
     // the table, which holds no lung candidates).
     let body_filled = Mask::from_vec(rows, columns, outside.data.iter().map(|v| !v).collect());
+    let body = largest_component(&body_filled);
     if body.count() == 0 {
         return empty;
     }
