@@ -138,16 +138,6 @@ def normalise_slice(shifted: np.ndarray, padding: np.ndarray, median: int) -> np
     return ndimage.median_filter(normalised, size=3, mode="nearest")
 
 
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """Return the largest 4-connected component of mask (empty when mask is)."""
-    labels, count = ndimage.label(mask)
-    if count == 0:
-        return np.zeros(mask.shape, dtype=bool)
-    areas = np.bincount(labels.ravel())
-    areas[0] = 0
-    return labels == np.argmax(areas)
-
-
 def fill_small_holes(mask: np.ndarray, max_pixels: int) -> np.ndarray:
     """Fill the holes of mask (4-connected unset regions off the border) of at most
     max_pixels pixels."""
@@ -201,12 +191,12 @@ def extract_lungs(normalised: np.ndarray, padding: np.ndarray, pixel_area_mm2: f
         return {}
     outside = connected_to_border(foreground | padding)
     # Everything the outside air does not reach: the body with the lungs inside it, and
-    # any table or cushion. The midline comes from the body alone, its largest component.
+    # any table or cushion. The table is centred like the body, so the midline is the
+    # mean column of all of it.
     inside = ~outside
-    body = largest_component(inside)
-    if not body.any():
+    if not inside.any():
         return {}
-    midline = np.nonzero(body)[1].mean()
+    midline = np.nonzero(inside)[1].mean()
 
     eroded = ndimage.binary_erosion(foreground, structure=np.ones((EROSION_SIZE, EROSION_SIZE)), border_value=0)
     # scipy centres the even 8×8 square so that a set pixel spreads 4 pixels up and left

@@ -84,8 +84,8 @@ impl SliceLungs {
 /// 2. Erosion with a 3×3 square, then dilation with an 8×8 square.
 /// 3. Connected components; objects under `min_object_area_mm2` are dropped, and so are
 ///    objects connected to the outside air (they touch the border or the padding).
-/// 4. The body's midline is the mean column of the body (the largest component that is
-///    neither outside air nor padding). An object with at least the minimum area on both
+/// 4. The body's midline is the mean column of everything the outside air does not
+///    reach (body and table). An object with at least the minimum area on both
 ///    sides of it is two merged lungs and is split there. The largest object on each side
 ///    is that side's lung, unless most of it lies outside the body.
 /// 5. The lung mask is the object's own foreground pixels, with its small holes filled
@@ -123,11 +123,12 @@ pub fn extract_lungs(normalised: &Image<u16>, padding: &Mask, pixel_area_mm2: f6
     // Everything the outside air does not reach: the body with the lungs inside it (and
     // the table, which holds no lung candidates).
     let body_filled = Mask::from_vec(rows, columns, outside.data.iter().map(|v| !v).collect());
-    let body = largest_component(&body_filled);
-    if body.count() == 0 {
+    if !body_filled.data.iter().any(|v| *v) {
         return empty;
     }
-    let midline_column = mean_column(&body);
+    // The table under the patient is centred like the body, so it leaves the mean
+    // column where the body alone would put it.
+    let midline_column = mean_column(&body_filled);
 
     let opened = dilate_square(&erode_square(&foreground, config.erosion), config.dilation);
     let components = label_components(&opened);
@@ -296,19 +297,6 @@ fn convex_hull(mut points: Vec<(f64, f64)>) -> Vec<(f64, f64)> {
         hull.pop();
     }
     hull
-}
-
-/// The largest 4-connected component of `mask` (empty when the mask is).
-fn largest_component(mask: &Mask) -> Mask {
-    let components = label_components(mask);
-    let Some(largest) = (1..components.areas.len()).max_by_key(|l| components.areas[*l]) else {
-        return Mask::filled(mask.rows, mask.columns, false);
-    };
-    Mask::from_vec(
-        mask.rows,
-        mask.columns,
-        components.labels.data.iter().map(|l| *l as usize == largest).collect(),
-    )
 }
 
 /// Mean column of the set pixels (0 for an empty mask).
