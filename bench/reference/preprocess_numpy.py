@@ -200,7 +200,7 @@ def extract_lungs(normalised: np.ndarray, padding: np.ndarray, pixel_area_mm2: f
 
     eroded = ndimage.binary_erosion(foreground, structure=np.ones((EROSION_SIZE, EROSION_SIZE)), border_value=0)
     # scipy centres the even 8×8 square so that a set pixel spreads 4 pixels up and left
-    # and 3 down and right; the Rust crate's dilate_square does the same.
+    # and 3 down and right. The Rust crate's dilate_square does the same.
     opened = ndimage.binary_dilation(eroded, structure=np.ones((DILATION_SIZE, DILATION_SIZE)))
     labels, _ = ndimage.label(opened)
     min_pixels = math.ceil(MIN_OBJECT_AREA_MM2 / pixel_area_mm2)

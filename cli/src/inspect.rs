@@ -17,7 +17,7 @@ pub struct InspectArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
-    /// Fewest slices a stack needs to be analysed.
+    /// Minimum number of slices a stack needs to be analysed.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     min_slices: u32,
     /// Only read headers: skip decoding the preferred stack, so a stack whose pixels or

@@ -41,7 +41,7 @@ enum Command {
 fn main() -> ExitCode {
     init_logging();
     // The reader catches codec panics on corrupt pixel data and reports them as
-    // `decode_failed`; log each panic as one line instead of a backtrace on stderr.
+    // `decode_failed`. Each panic is logged as one line instead of a backtrace.
     std::panic::set_hook(Box::new(|info| tracing::error!("Internal error: {info}")));
     let cli = Cli::parse();
     let result = match cli.command {

@@ -15,7 +15,7 @@
 //! | `positions_mm` | F64 | n | slice position along the head-pointing normal |
 //! | `lung_pixels` | U32 | n | lung pixels on the slice at full resolution |
 //!
-//! The safetensors metadata holds `format` ([`BUNDLE_FORMAT`]) and `facts` (the
+//! The safetensors metadata contains `format` ([`BUNDLE_FORMAT`]) and `facts` (the
 //! [`SeriesFacts`] as JSON).
 
 use std::collections::HashMap;
@@ -36,7 +36,7 @@ pub const BUNDLE_FORMAT: &str = "lungstream-lobes-v1";
 /// zstd level: 3 compresses a bundle several-fold at hundreds of MB/s.
 const ZSTD_LEVEL: i32 = 3;
 
-/// Why a bundle cannot be written or read.
+/// Reasons a bundle cannot be written or read.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
     #[error("cannot encode the lobe bundle: {0}")]
@@ -205,7 +205,8 @@ fn view(dtype: Dtype, shape: Vec<usize>, data: &[u8]) -> Result<TensorView<'_>, 
     TensorView::new(dtype, shape, data).map_err(|e| BundleError::Encode(e.to_string()))
 }
 
-/// The bytes of tensor `name`, checked for dtype and (unless `shape` is empty) shape.
+/// Returns the bytes of tensor `name`, checked for dtype and, unless `shape` is empty,
+/// shape.
 fn tensor<'a>(tensors: &'a SafeTensors<'a>, name: &str, dtype: Dtype, shape: &[usize]) -> Result<&'a [u8], BundleError> {
     let view = tensors
         .tensor(name)

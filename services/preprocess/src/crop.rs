@@ -8,7 +8,7 @@ use crate::image::{Image, Mask};
 /// Side of the square network input, pixels.
 pub const CROP_SIZE: usize = 256;
 
-/// Where a crop comes from in the (canonical) slice and how it was scaled.
+/// Source box of a crop in the canonical slice, and its scale and placement.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CropBox {
     /// First row and column of the bounding box in the slice.
@@ -28,7 +28,7 @@ pub struct CropBox {
 }
 
 impl CropBox {
-    /// The bounding box of the set pixels of `mask`, or `None` when none is set.
+    /// Returns the box around the set pixels of `mask`, or `None` when none is set.
     pub fn around(mask: &Mask) -> Option<CropBox> {
         let (mut top, mut bottom, mut left, mut right) = (usize::MAX, 0, usize::MAX, 0);
         for r in 0..mask.rows {
@@ -77,7 +77,7 @@ impl CropBox {
     /// Crops `image` (values in normalised units, 0..=2048) into a 256×256 image:
     /// bilinear when scaled, an exact copy otherwise; black (0) around the pasted image.
     /// `image` may be a region of the slice whose first pixel is at `origin` (row,
-    /// column); it must cover the box and, when scaled, one pixel around it.
+    /// column). It must cover the box and, when scaled, one pixel around it.
     pub fn crop_values(&self, image: &Image<u16>, origin: (usize, usize)) -> Image<u16> {
         let mut out = Image::filled(CROP_SIZE, CROP_SIZE, 0u16);
         if self.scale == 1.0 {

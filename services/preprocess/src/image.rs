@@ -268,8 +268,8 @@ pub fn fill_small_holes(mask: &Mask, max_area: usize) -> Mask {
     out
 }
 
-/// Bounding box of the set pixels grown by `margin` and clipped to the image, as (first
-/// row, first column, rows, columns); `None` for an empty mask.
+/// Returns the bounding box of the set pixels, grown by `margin` and clipped to the image,
+/// as (first row, first column, rows, columns). Returns `None` for an empty mask.
 pub fn bounding_box(mask: &Mask, margin: usize) -> Option<(usize, usize, usize, usize)> {
     let (mut top, mut bottom, mut left, mut right) = (usize::MAX, 0, usize::MAX, 0);
     for (i, set) in mask.data.iter().enumerate() {

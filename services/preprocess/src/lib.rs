@@ -10,8 +10,8 @@
 //!    series histogram.
 //! 2. The series' background median is subtracted (the batch-effect statistic), values
 //!    clipped at 2048 and scaled to [0, 1], then a 3×3 median filter.
-//! 3. Per slice (in parallel): lungs found and assigned to the patient's sides; each lung
-//!    cropped into 256×256 together with its neighbouring slices cut with the same box.
+//! 3. Per slice (in parallel): lungs found and assigned to the patient's sides. Each lung
+//!    is cropped into 256×256, together with its neighbouring slices cut by the same box.
 //! 4. Per series: the pseudo-infection band from all crops, and the share of lung in it
 //!    and in the standard HU bands.
 //!
@@ -40,7 +40,7 @@ use crate::patches::{coarse_patch_min_distance, manhattan_distance_to_border, In
 
 pub use quantify::{ModelFreeShares, SideShares};
 
-/// Why a series cannot be preprocessed.
+/// Reasons a series cannot be preprocessed.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum PreprocessError {
     #[error("series {series_uid}: no lungs found on any of its {slices} slices")]
@@ -199,7 +199,7 @@ pub fn preprocess(volume: &CtVolume, config: &PreprocessConfig) -> Result<Prepro
     Ok(PreprocessedSeries { facts, lobes })
 }
 
-/// What one slice contributes.
+/// Contribution of one slice to the series.
 struct SliceResult {
     lobes: Vec<Lobe>,
     hu_counts: quantify::HuBandCounts,
@@ -298,6 +298,7 @@ fn normalised_region(volume: &CtVolume, k: usize, background_median: u16, crop_b
     // one for the filter window.
     let (top, rows) = grow(crop_box.row, crop_box.rows, 2, dims.rows);
     let (left, columns) = grow(crop_box.column, crop_box.columns, 2, dims.columns);
+
     let slice = volume.slice(k);
     let mut padding = vec![false; dims.columns];
     let mut values = Vec::with_capacity(rows * columns);
@@ -313,6 +314,7 @@ fn normalised_region(volume: &CtVolume, k: usize, background_median: u16, crop_b
         }
     }
     let filtered = median_filter_3x3(&Image::from_vec(rows, columns, values));
+
     // Drop the outer pixel where the region was cut (its window was clamped wrongly),
     // except at the slice border, where clamping is what the full-slice filter does too.
     let (inner_top, inner_rows) = grow(crop_box.row, crop_box.rows, 1, dims.rows);

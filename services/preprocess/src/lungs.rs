@@ -120,8 +120,8 @@ pub fn extract_lungs(normalised: &Image<u16>, padding: &Mask, pixel_area_mm2: f6
         foreground.data.iter().zip(&padding.data).map(|(f, p)| *f || *p).collect(),
     );
     let outside = reachable_from_border(&outside_passable);
-    // Everything the outside air does not reach: the body with the lungs inside it (and
-    // the table, which holds no lung candidates).
+    // Everything the outside air does not reach: the body with the lungs inside it, and
+    // the table, which contains no lung candidates.
     let body_filled = Mask::from_vec(rows, columns, outside.data.iter().map(|v| !v).collect());
     if !body_filled.data.iter().any(|v| *v) {
         return empty;

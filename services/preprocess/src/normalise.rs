@@ -102,8 +102,8 @@ impl BackgroundHistogram {
         self.counts.iter().sum()
     }
 
-    /// The lower median of the background values (shifted units), or `None` without
-    /// background pixels.
+    /// Returns the lower median of the background values (shifted units), or `None`
+    /// without background pixels.
     pub fn median(&self) -> Option<u16> {
         let total = self.pixels();
         if total == 0 {

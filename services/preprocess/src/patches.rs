@@ -55,8 +55,8 @@ pub fn manhattan_distance_to_border(mask: &Mask) -> Image<u32> {
     distance
 }
 
-/// For each coarse patch, the minimum periphery distance over its lung pixels (0 when the
-/// patch holds no lung).
+/// Returns, for each coarse patch, the minimum periphery distance over its lung pixels
+/// (0 when the patch contains no lung).
 pub fn coarse_patch_min_distance(distance: &Image<u32>, mask: &Mask) -> Image<u32> {
     // Separable: the minimum over each patch's columns for every row, then over its rows.
     let size = distance.rows;
@@ -98,7 +98,7 @@ impl InfectionBand {
     /// clipped air) is left out of the peaks, or the dark peak would sit at 0 and the
     /// least frequent value right next to it. The histogram is smoothed over 33 values
     /// (about 1.6% of the range) before the least frequent value between the peaks is
-    /// taken, so single-value noise does not decide it; that value is searched above the
+    /// taken, so single-value noise does not decide it. That value is searched above the
     /// lower threshold only. The standard deviation uses every pixel, zeros included.
     pub fn from_histogram(histogram: &[u64]) -> Option<InfectionBand> {
         let total: u64 = histogram.iter().sum();
@@ -257,7 +257,8 @@ mod tests {
         let mean = histogram.iter().enumerate().map(|(v, c)| v as f64 * *c as f64).sum::<f64>() / total as f64;
         let variance = histogram.iter().enumerate().map(|(v, c)| (v as f64 - mean).powi(2) * *c as f64).sum::<f64>() / total as f64;
         assert!((band.lower - variance.sqrt()).abs() < 1e-9);
-        assert!(band.lower > 200.0 && band.lower < band.upper, "lower {}", band.lower);
+        assert!(band.lower > 200.0, "lower {}", band.lower);
+        assert!(band.lower < band.upper, "lower {} above upper {}", band.lower, band.upper);
         assert!(InfectionBand::from_histogram(&[0; 10]).is_none());
 
         // An infection bump at 300..400 adds a second valley near 250, below the lower
