@@ -123,13 +123,7 @@ fn bench_preprocess(args: &PreprocessBenchArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot run {}", args.python.display()));
     let _ = std::fs::remove_dir_all(&folder);
     let report = reference_report(output?)?;
-    let reference: Vec<f64> = report["seconds"]
-        .as_array()
-        .context("no \"seconds\" in the reference's output")?
-        .iter()
-        .filter_map(|v| v.as_f64())
-        .skip(1)
-        .collect();
+    let reference = timed_repetitions(&report)?;
     let reference_lobes = report["lobes"].as_u64().unwrap_or(0) as usize;
     let reference_lung = report["lung_pixels"]["right"].as_u64().unwrap_or(0) + report["lung_pixels"]["left"].as_u64().unwrap_or(0);
 
@@ -183,6 +177,13 @@ fn write_npy(path: &Path, descr: &str, shape: &[usize], data: &[u8]) -> anyhow::
     bytes.extend_from_slice(header.as_bytes());
     bytes.extend_from_slice(data);
     std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The timed repetitions of a reference's report, in seconds, without the first one (the
+/// warm-up).
+fn timed_repetitions(report: &serde_json::Value) -> anyhow::Result<Vec<f64>> {
+    let seconds = report["seconds"].as_array().context("no \"seconds\" in the reference's output")?;
+    Ok(seconds.iter().filter_map(|v| v.as_f64()).skip(1).collect())
 }
 
 /// Parses a reference script's JSON output, or turns its failure into an error.
@@ -302,28 +303,8 @@ fn run_reference(python: &Path, series: &Path, repeat: usize) -> anyhow::Result<
         .output()
         .with_context(|| format!("cannot run {}; set --python to an interpreter with pydicom", python.display()));
     let _ = std::fs::remove_file(&script);
-    let output = output?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let hint = if stderr.contains("ModuleNotFoundError") {
-            "; run scripts/setup.sh and pass --python .cache/venv/bin/python"
-        } else {
-            ""
-        };
-        bail!(
-            "the pydicom reference failed ({}): {}{hint}",
-            output.status,
-            stderr.trim().lines().last().unwrap_or("no output")
-        );
-    }
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).context("the pydicom reference printed no JSON")?;
-    let seconds: Vec<f64> = report["seconds"]
-        .as_array()
-        .context("no \"seconds\" in the reference's output")?
-        .iter()
-        .filter_map(|v| v.as_f64())
-        .skip(1)
-        .collect();
+    let report = reference_report(output?)?;
+    let seconds = timed_repetitions(&report)?;
     let slices = report["shape"][0].as_u64().context("no \"shape\" in the reference's output")? as usize;
     Ok((seconds, slices))
 }

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::image::{Image, Mask};
+use crate::image::{bounding_box, Image, Mask};
 
 /// Side of the square network input, pixels.
 pub const CROP_SIZE: usize = 256;
@@ -30,21 +30,7 @@ pub struct CropBox {
 impl CropBox {
     /// Returns the box around the set pixels of `mask`, or `None` when none is set.
     pub fn around(mask: &Mask) -> Option<CropBox> {
-        let (mut top, mut bottom, mut left, mut right) = (usize::MAX, 0, usize::MAX, 0);
-        for r in 0..mask.rows {
-            for c in 0..mask.columns {
-                if mask.data[r * mask.columns + c] {
-                    top = top.min(r);
-                    bottom = bottom.max(r);
-                    left = left.min(c);
-                    right = right.max(c);
-                }
-            }
-        }
-        if top == usize::MAX {
-            return None;
-        }
-        let (rows, columns) = (bottom - top + 1, right - left + 1);
+        let (top, left, rows, columns) = bounding_box(mask, 0)?;
         let scale = (CROP_SIZE as f64 / rows.max(columns) as f64).min(1.0);
         let pasted_rows = ((rows as f64 * scale).round() as usize).clamp(1, CROP_SIZE);
         let pasted_columns = ((columns as f64 * scale).round() as usize).clamp(1, CROP_SIZE);
