@@ -45,9 +45,10 @@ HU_MAX = 3000
 # Shifted values more than this above the background median are clipped (bone detail).
 NORMALISED_MAX = 2048
 
-# Lung extraction settings, the defaults of the Rust crate's LungConfig.
-EROSION_SIZE = 3
-DILATION_SIZE = 8
+# Lung extraction settings, the defaults of the Rust crate's LungConfig. The erosion and
+# dilation squares are 3 and 8 pixels at 0.7 mm pixels, scaled to the series' pixel size.
+EROSION_MM = 2.1
+DILATION_MM = 5.6
 MIN_OBJECT_AREA_MM2 = 2450.0
 MAX_HOLE_AREA_MM2 = 1500.0
 CLOSING_RADIUS_MM = 10.0
@@ -182,8 +183,8 @@ def extract_lungs(normalised: np.ndarray, padding: np.ndarray, pixel_area_mm2: f
     """Find the lungs on one normalised slice and return a full-slice mask per side.
 
     Foreground is the low K-means cluster. Candidate lungs are the 4-connected objects of
-    the foreground opened by a 3×3 erosion and an 8×8 dilation, as selected by
-    select_lung_objects. Each side's mask is its object's foreground pixels, completed by
+    the foreground opened by an erosion and a dilation (3×3 and 8×8 at 0.7 mm pixels), as
+    selected by select_lung_objects. Each side's mask is its object's foreground pixels, completed by
     complete_lung_mask. A side without a lung is missing from the result.
     """
     foreground = low_cluster(normalised, padding)
@@ -196,15 +197,27 @@ def extract_lungs(normalised: np.ndarray, padding: np.ndarray, pixel_area_mm2: f
     inside = ~outside
     if not inside.any():
         return {}
-    midline = np.nonzero(inside)[1].mean()
 
-    eroded = ndimage.binary_erosion(foreground, structure=np.ones((EROSION_SIZE, EROSION_SIZE)), border_value=0)
-    # scipy centres the even 8×8 square so that a set pixel spreads 4 pixels up and left
-    # and 3 down and right. The Rust crate's dilate_square does the same.
-    opened = ndimage.binary_dilation(eroded, structure=np.ones((DILATION_SIZE, DILATION_SIZE)))
+    pixel_side = math.sqrt(pixel_area_mm2)
+    erosion = max(1, round(EROSION_MM / pixel_side))
+    dilation = max(1, round(DILATION_MM / pixel_side))
+    eroded = ndimage.binary_erosion(foreground, structure=np.ones((erosion, erosion)), border_value=0)
+    # scipy centres an even square so that a set pixel spreads one more pixel up and left
+    # than down and right. The Rust crate's dilate_square does the same.
+    opened = ndimage.binary_dilation(eroded, structure=np.ones((dilation, dilation)))
     labels, _ = ndimage.label(opened)
     min_pixels = math.ceil(MIN_OBJECT_AREA_MM2 / pixel_area_mm2)
-    chosen = select_lung_objects(labels, outside, inside, midline, min_pixels)
+    candidates = lung_candidates(labels, outside, inside, min_pixels)
+    # The midline is the mean column of `inside` over the candidates' rows, which leaves
+    # out the table below the patient.
+    if candidates:
+        rows = np.nonzero(np.isin(labels, candidates).any(axis=1))[0]
+        band = inside[rows.min() : rows.max() + 1]
+    else:
+        band = inside
+    columns = np.nonzero(band)[1]
+    midline = columns.mean() if columns.size else normalised.shape[1] / 2
+    chosen = select_lung_objects(labels, candidates, midline, min_pixels)
 
     # Lower columns are the patient's right in the canonical frame.
     on_right = np.arange(normalised.shape[1]) < midline
@@ -217,13 +230,33 @@ def extract_lungs(normalised: np.ndarray, padding: np.ndarray, pixel_area_mm2: f
     return lungs
 
 
-def select_lung_objects(
-    labels: np.ndarray, outside: np.ndarray, inside: np.ndarray, midline: float, min_pixels: int
-) -> dict[str, tuple[int, bool]]:
-    """Pick each side's lung among the labelled objects: {side: (label, merged)}.
+def lung_candidates(labels: np.ndarray, outside: np.ndarray, inside: np.ndarray, min_pixels: int) -> list[int]:
+    """Return the labels of objects that may be lungs.
 
     Objects are dropped when they have fewer than min_pixels pixels, touch the image
     border, or lie more than half in the outside air, or less than half inside.
+    """
+    count = labels.max() + 1
+    area = np.bincount(labels.ravel(), minlength=count)
+    outside_pixels = np.bincount(labels[outside], minlength=count)
+    inside_pixels = np.bincount(labels[inside], minlength=count)
+    touches_border = np.zeros(count, dtype=bool)
+    touches_border[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = True
+    return [
+        label
+        for label in range(1, count)
+        if area[label] >= min_pixels
+        and not touches_border[label]
+        and 2 * outside_pixels[label] <= area[label]
+        and 2 * inside_pixels[label] >= area[label]
+    ]
+
+
+def select_lung_objects(
+    labels: np.ndarray, candidates: list[int], midline: float, min_pixels: int
+) -> dict[str, tuple[int, bool]]:
+    """Pick each side's lung among the candidate objects: {side: (label, merged)}.
+
     An object with at least min_pixels on both sides of the midline is two merged lungs,
     so it competes on each side with that side's part. Any other object competes on the
     side where most of it lies (the right on a tie). Each side keeps its largest
@@ -234,17 +267,9 @@ def select_lung_objects(
     area = np.bincount(labels.ravel(), minlength=count)
     right_area = np.bincount(labels[:, on_right].ravel(), minlength=count)
     left_area = area - right_area
-    outside_pixels = np.bincount(labels[outside], minlength=count)
-    inside_pixels = np.bincount(labels[inside], minlength=count)
-    touches_border = np.zeros(count, dtype=bool)
-    touches_border[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = True
 
     best = {"right": (0, 0, False), "left": (0, 0, False)}  # side: (area, label, merged)
-    for label in range(1, count):
-        if area[label] < min_pixels or touches_border[label]:
-            continue
-        if 2 * outside_pixels[label] > area[label] or 2 * inside_pixels[label] < area[label]:
-            continue
+    for label in candidates:
         if right_area[label] >= min_pixels and left_area[label] >= min_pixels:
             candidates = [("right", right_area[label], True), ("left", left_area[label], True)]
         else:

@@ -125,7 +125,22 @@ fn bench_preprocess(args: &PreprocessBenchArgs) -> anyhow::Result<ExitCode> {
     let report = reference_report(output?)?;
     let reference = timed_repetitions(&report)?;
     let reference_lobes = report["lobes"].as_u64().unwrap_or(0) as usize;
-    let reference_lung = report["lung_pixels"]["right"].as_u64().unwrap_or(0) + report["lung_pixels"]["left"].as_u64().unwrap_or(0);
+    let reference_right = report["lung_pixels"]["right"].as_u64().unwrap_or(0);
+    let reference_left = report["lung_pixels"]["left"].as_u64().unwrap_or(0);
+    let reference_lung = reference_right + reference_left;
+    // The ratio means something only if both did the same work: the same lobes and, per
+    // side, lung pixels within 0.1%.
+    let close = |a: u64, b: u64| a.abs_diff(b) * 1000 <= a.max(b);
+    if lobes != reference_lobes
+        || !close(facts.lung_voxels.right, reference_right)
+        || !close(facts.lung_voxels.left, reference_left)
+    {
+        bail!(
+            "the implementations disagree: {lobes} lobes and {}/{} lung pixels (right/left) here, {reference_lobes} lobes and {reference_right}/{reference_left} in the reference",
+            facts.lung_voxels.right,
+            facts.lung_voxels.left
+        );
+    }
 
     let (single_median, parallel_median, reference_median) = (median(&single), median(&parallel), median(&reference));
     println!("Preprocessing benchmark: {} ({slices} slices of {}x{}), median of {} runs", args.series.display(), volume.dims.rows, volume.dims.columns, args.repeat);

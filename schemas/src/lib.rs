@@ -56,6 +56,9 @@ pub enum ReasonCode {
     NoImages,
     /// Preprocessing found no lungs in the series.
     NoLungs,
+    /// Preprocessing found no air outside the body on any slice, so the batch-effect
+    /// statistic (the background median) cannot be measured.
+    NoBackground,
     /// An event's `schema_version` has a major version this consumer does not know.
     UnknownSchemaVersion,
     /// A series was started but never completed within the expiry time.
@@ -85,6 +88,7 @@ impl ReasonCode {
         ReasonCode::NotHounsfield,
         ReasonCode::NoImages,
         ReasonCode::NoLungs,
+        ReasonCode::NoBackground,
         ReasonCode::UnknownSchemaVersion,
         ReasonCode::IncompleteSeries,
     ];
@@ -112,6 +116,7 @@ impl ReasonCode {
             ReasonCode::NotHounsfield => "not_hounsfield",
             ReasonCode::NoImages => "no_images",
             ReasonCode::NoLungs => "no_lungs",
+            ReasonCode::NoBackground => "no_background",
             ReasonCode::UnknownSchemaVersion => "unknown_schema_version",
             ReasonCode::IncompleteSeries => "incomplete_series",
         }

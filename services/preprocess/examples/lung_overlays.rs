@@ -14,8 +14,19 @@ use lungstream_preprocess::normalise::{background_mask, shift_hu, BackgroundHist
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.len() < 3 {
+        eprintln!("usage: lung_overlays DIR OUT.png [STEP]  (every STEP-th slice, default 8)");
+        std::process::exit(2);
+    }
     let (dir, out) = (PathBuf::from(&args[1]), PathBuf::from(&args[2]));
-    let step: usize = args.get(3).map_or(8, |s| s.parse().unwrap());
+    let step: usize = match args.get(3).map(|s| s.parse()) {
+        None => 8,
+        Some(Ok(step)) if step > 0 => step,
+        _ => {
+            eprintln!("STEP must be a positive whole number, not {:?}", args[3]);
+            std::process::exit(2);
+        }
+    };
     let config = lungstream_dicom::ReaderConfig {
         min_slices: 1,
         ..Default::default()

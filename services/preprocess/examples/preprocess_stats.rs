@@ -10,7 +10,10 @@ use std::path::PathBuf;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    let dir = PathBuf::from(std::env::args_os().nth(1).expect("usage: preprocess_stats DIR"));
+    let Some(dir) = std::env::args_os().nth(1).map(PathBuf::from) else {
+        eprintln!("usage: preprocess_stats DIR");
+        std::process::exit(2);
+    };
     let config = lungstream_dicom::ReaderConfig {
         min_slices: 1,
         ..Default::default()
@@ -18,7 +21,13 @@ fn main() {
     let start = std::time::Instant::now();
     let (volume, _) = lungstream_dicom::read_volume(std::slice::from_ref(&dir), &config).unwrap_or_else(|e| panic!("{e}"));
     let read = start.elapsed();
-    let series = lungstream_preprocess::preprocess(&volume, &Default::default()).unwrap_or_else(|e| panic!("{e}"));
+    let series = match lungstream_preprocess::preprocess(&volume, &Default::default()) {
+        Ok(series) => series,
+        Err(error) => {
+            eprintln!("{} ({})", error, error.reason());
+            std::process::exit(1);
+        }
+    };
     println!("read {read:?}, preprocessed {:?}", start.elapsed() - read);
     println!("{}", serde_json::to_string_pretty(&series.facts).unwrap());
     let slices: Vec<usize> = series.lobes.iter().map(|l| l.slice).collect();

@@ -53,7 +53,7 @@ impl PreprocessError {
     pub fn reason(&self) -> ReasonCode {
         match self {
             PreprocessError::NoLungs { .. } => ReasonCode::NoLungs,
-            PreprocessError::NoBackground { .. } => ReasonCode::NotHounsfield,
+            PreprocessError::NoBackground { .. } => ReasonCode::NoBackground,
         }
     }
 }
@@ -110,6 +110,9 @@ pub struct SeriesFacts {
     pub series_uid: String,
     /// Median HU of the outside air: the batch-effect statistic to monitor per scanner.
     pub background_median_hu: f64,
+    /// Whether that median lies within -1100..-900 HU. It does not when lung cut by the
+    /// reconstruction circle counts as outside air, which skews the normalisation.
+    pub background_plausible: bool,
     pub background_pixels: u64,
     pub lung_voxels: Sides<u64>,
     pub lung_volume_ml: Sides<f64>,
@@ -149,6 +152,18 @@ pub fn preprocess(volume: &CtVolume, config: &PreprocessConfig) -> Result<Prepro
     let median = background.median().ok_or_else(|| PreprocessError::NoBackground {
         series_uid: series_uid.clone(),
     })?;
+    let median_hu = f64::from(median) + f64::from(normalise::HU_MIN);
+    // Outside air reads -1000 HU give or take a scanner's offset. Far from it, the
+    // "background" probably contains lung cut by the reconstruction circle, and every
+    // normalised value of the series shifts with it.
+    let background_plausible = (-1100.0..=-900.0).contains(&median_hu);
+    if !background_plausible {
+        tracing::warn!(
+            %series_uid,
+            background_median_hu = median_hu,
+            "The background median is far from air (-1000 HU); the normalisation may be off."
+        );
+    }
 
     let pixel_area_mm2 = volume.spacing_mm[1] * volume.spacing_mm[2];
     let per_slice: Vec<SliceResult> = (0..dims.slices)
@@ -183,7 +198,8 @@ pub fn preprocess(volume: &CtVolume, config: &PreprocessConfig) -> Result<Prepro
     let voxel_ml = volume.voxel_volume_mm3() / 1000.0;
     let facts = SeriesFacts {
         series_uid,
-        background_median_hu: f64::from(median) + f64::from(normalise::HU_MIN),
+        background_median_hu: median_hu,
+        background_plausible,
         background_pixels: background.pixels(),
         lung_voxels,
         lung_volume_ml: Sides {

@@ -30,10 +30,13 @@ impl Side {
 /// Settings of the lung extraction.
 #[derive(Clone, Debug)]
 pub struct LungConfig {
-    /// Side of the square that erodes the foreground (pixels).
-    pub erosion: usize,
-    /// Side of the square that dilates the eroded foreground, so close parts join (pixels).
-    pub dilation: usize,
+    /// Side of the square that erodes the foreground, mm: the method's 3 pixels at about
+    /// 0.7 mm. In pixels it would eat thin chests at coarse spacing, so it scales.
+    pub erosion_mm: f64,
+    /// Side of the square that dilates the eroded foreground so close parts join, mm: the
+    /// method's 8 pixels at about 0.7 mm. In pixels, coarse spacing would join the lungs
+    /// to the outside air across the chest wall.
+    pub dilation_mm: f64,
     /// Objects smaller than this are dropped (holes, trachea, bowel gas). The method's
     /// 5000 pixels at ~0.7 mm pixels are about 2450 mm²; the area in mm² keeps the rule
     /// the same for other matrices.
@@ -50,8 +53,8 @@ pub struct LungConfig {
 impl Default for LungConfig {
     fn default() -> Self {
         LungConfig {
-            erosion: 3,
-            dilation: 8,
+            erosion_mm: 2.1,
+            dilation_mm: 5.6,
             min_object_area_mm2: 2450.0,
             max_hole_area_mm2: 1500.0,
             closing_radius_mm: 10.0,
@@ -81,11 +84,12 @@ impl SliceLungs {
 ///
 /// 1. Two-cluster K-means over the non-padding values; the low cluster (air and lung) is
 ///    the foreground.
-/// 2. Erosion with a 3×3 square, then dilation with an 8×8 square.
+/// 2. Erosion with a 2.1 mm square, then dilation with a 5.6 mm square (3×3 and 8×8 at
+///    0.7 mm pixels).
 /// 3. Connected components; objects under `min_object_area_mm2` are dropped, and so are
 ///    objects connected to the outside air (they touch the border or the padding).
 /// 4. The body's midline is the mean column of everything the outside air does not
-///    reach (body and table). An object with at least the minimum area on both
+///    reach, over the rows of the lung candidates (so the table does not count). An object with at least the minimum area on both
 ///    sides of it is two merged lungs and is split there. The largest object on each side
 ///    is that side's lung, unless most of it lies outside the body.
 /// 5. The lung mask is the object's own foreground pixels, with its small holes filled
@@ -102,6 +106,7 @@ pub fn extract_lungs(normalised: &Image<u16>, padding: &Mask, pixel_area_mm2: f6
     let Some(clusters) = kmeans_two_clusters(&counts) else {
         return empty;
     };
+    let threshold = clusters.threshold();
     let foreground = Mask::from_vec(
         rows,
         columns,
@@ -109,7 +114,7 @@ pub fn extract_lungs(normalised: &Image<u16>, padding: &Mask, pixel_area_mm2: f6
             .data
             .iter()
             .zip(&padding.data)
-            .map(|(value, is_padding)| !is_padding && clusters.is_low(f64::from(*value)))
+            .map(|(value, is_padding)| !is_padding && f64::from(*value) <= threshold)
             .collect(),
     );
 
@@ -126,51 +131,76 @@ pub fn extract_lungs(normalised: &Image<u16>, padding: &Mask, pixel_area_mm2: f6
     if !body_filled.data.iter().any(|v| *v) {
         return empty;
     }
-    // The table under the patient is centred like the body, so it leaves the mean
-    // column where the body alone would put it.
-    let midline_column = mean_column(&body_filled);
-
-    let opened = dilate_square(&erode_square(&foreground, config.erosion), config.dilation);
+    let pixel_side = pixel_area_mm2.sqrt();
+    let erosion = square_side_pixels(config.erosion_mm, pixel_side);
+    let dilation = square_side_pixels(config.dilation_mm, pixel_side);
+    let opened = dilate_square(&erode_square(&foreground, erosion), dilation);
     let components = label_components(&opened);
     let min_pixels = (config.min_object_area_mm2 / pixel_area_mm2).ceil() as usize;
     let max_hole_pixels = (config.max_hole_area_mm2 / pixel_area_mm2).floor() as usize;
     let closing_radius = (config.closing_radius_mm / pixel_area_mm2.sqrt()).round() as usize;
 
-    // Area of each object on the patient's right (low columns) and left of the midline.
+    // Objects reaching the outside air are the background, and objects mostly outside the
+    // body (an air pocket in a cushion) are not lungs.
     let count = components.areas.len();
-    let mut right_area = vec![0usize; count];
-    let mut left_area = vec![0usize; count];
     let mut outside_pixels = vec![0usize; count];
     let mut body_pixels = vec![0usize; count];
+    let mut first_row = vec![usize::MAX; count];
+    let mut last_row = vec![0usize; count];
+    let mut first_column = vec![usize::MAX; count];
+    let mut last_column = vec![0usize; count];
     for r in 0..rows {
         for c in 0..columns {
             let i = r * columns + c;
             let label = components.labels.data[i] as usize;
-            if label == 0 {
-                continue;
+            if label != 0 {
+                outside_pixels[label] += usize::from(outside.data[i]);
+                body_pixels[label] += usize::from(body_filled.data[i]);
+                first_row[label] = first_row[label].min(r);
+                last_row[label] = last_row[label].max(r);
+                first_column[label] = first_column[label].min(c);
+                last_column[label] = last_column[label].max(c);
             }
-            if (c as f64) < midline_column {
-                right_area[label] += 1;
-            } else {
-                left_area[label] += 1;
-            }
-            outside_pixels[label] += usize::from(outside.data[i]);
-            body_pixels[label] += usize::from(body_filled.data[i]);
+        }
+    }
+    let candidates: Vec<usize> = (1..count)
+        .filter(|label| {
+            let area = components.areas[*label];
+            area >= min_pixels
+                && !components.touches_border[*label]
+                && outside_pixels[*label] * 2 <= area
+                && body_pixels[*label] * 2 >= area
+        })
+        .collect();
+
+    // The midline is the mean column of the body over the candidates' rows, which leaves
+    // out the table below the patient (it need not be centred under the body).
+    let candidate_rows = candidates
+        .iter()
+        .fold(None, |range: Option<(usize, usize)>, l| {
+            Some(range.map_or((first_row[*l], last_row[*l]), |(a, b)| (a.min(first_row[*l]), b.max(last_row[*l]))))
+        })
+        .unwrap_or((0, rows - 1));
+    let midline_column = mean_column_in_rows(&body_filled, candidate_rows.0, candidate_rows.1);
+
+    // Area of each candidate on the patient's right (low columns) and left of the midline.
+    let mut right_area = vec![0usize; count];
+    let mut left_area = vec![0usize; count];
+    // Columns below this one lie on the patient's right (column < midline_column).
+    let split_column = (midline_column.ceil().max(0.0) as usize).min(columns);
+    for row in components.labels.data.chunks(columns) {
+        for label in &row[..split_column] {
+            right_area[*label as usize] += 1;
+        }
+        for label in &row[split_column..] {
+            left_area[*label as usize] += 1;
         }
     }
 
     let mut best = [(0usize, 0usize); 2]; // (area, label) for right, left
     let mut split_labels = Vec::new();
-    for label in 1..count {
+    for label in candidates {
         let area = components.areas[label];
-        // Objects reaching the outside air are the background, and objects mostly
-        // outside the body (an air pocket in a cushion) are not lungs.
-        if area < min_pixels || components.touches_border[label] || outside_pixels[label] * 2 > area {
-            continue;
-        }
-        if body_pixels[label] * 2 < area {
-            continue;
-        }
         let merged = right_area[label] >= min_pixels && left_area[label] >= min_pixels;
         if merged {
             split_labels.push(label);
@@ -193,13 +223,24 @@ pub fn extract_lungs(normalised: &Image<u16>, padding: &Mask, pixel_area_mm2: f6
             continue;
         }
         let split = split_labels.contains(&label);
+        // Work in a window around the object, grown so that neither the hole filling nor
+        // the closing reaches its edge: the result equals the full-slice computation.
+        let margin = closing_radius + 2;
+        let top = first_row[label].saturating_sub(margin);
+        let bottom = (last_row[label] + margin).min(rows - 1);
+        let left = first_column[label].saturating_sub(margin);
+        let right = (last_column[label] + margin).min(columns - 1);
+        let (window_rows, window_columns) = (bottom - top + 1, right - left + 1);
+        let at = |wr: usize, wc: usize| (top + wr) * columns + left + wc;
         let object = Mask::from_vec(
-            rows,
-            columns,
-            (0..rows * columns)
-                .map(|i| {
-                    let on_side = ((i % columns) as f64) < midline_column;
-                    let on_side = if slot == 0 { on_side } else { !on_side };
+            window_rows,
+            window_columns,
+            (0..window_rows * window_columns)
+                .map(|w| {
+                    let (wr, wc) = (w / window_columns, w % window_columns);
+                    let i = at(wr, wc);
+                    let on_right = ((left + wc) as f64) < midline_column;
+                    let on_side = if slot == 0 { on_right } else { !on_right };
                     components.labels.data[i] as usize == label && (!split || on_side) && foreground.data[i]
                 })
                 .collect(),
@@ -209,13 +250,23 @@ pub fn extract_lungs(normalised: &Image<u16>, padding: &Mask, pixel_area_mm2: f6
         let filled = fill_small_holes(&object, max_hole_pixels);
         let closed = close_disk(&filled, closing_radius);
         let dense_bays = Mask::from_vec(
-            rows,
-            columns,
-            (0..rows * columns)
-                .map(|i| filled.data[i] || (closed.data[i] && body_filled.data[i] && !padding.data[i]))
+            window_rows,
+            window_columns,
+            (0..window_rows * window_columns)
+                .map(|w| {
+                    let i = at(w / window_columns, w % window_columns);
+                    filled.data[w] || (closed.data[w] && body_filled.data[i] && !padding.data[i])
+                })
                 .collect(),
         );
-        lungs[slot] = Some(fill_small_holes(&dense_bays, max_hole_pixels));
+        let lung_window = fill_small_holes(&dense_bays, max_hole_pixels);
+        let mut lung = Mask::filled(rows, columns, false);
+        for wr in 0..window_rows {
+            let start = at(wr, 0);
+            lung.data[start..start + window_columns]
+                .copy_from_slice(&lung_window.data[wr * window_columns..(wr + 1) * window_columns]);
+        }
+        lungs[slot] = Some(lung);
     }
     let [right, left] = lungs;
     SliceLungs {
@@ -225,91 +276,26 @@ pub fn extract_lungs(normalised: &Image<u16>, padding: &Mask, pixel_area_mm2: f6
     }
 }
 
-/// Rasterises the convex hull of the set pixels (pixel centres), or `None` for an empty
-/// mask.
-pub fn convex_hull_mask(mask: &Mask) -> Option<Mask> {
-    // The extreme pixels of each row are enough to span the hull.
-    let mut points = Vec::new();
-    for r in 0..mask.rows {
-        let row = &mask.data[r * mask.columns..(r + 1) * mask.columns];
-        if let (Some(first), Some(last)) = (row.iter().position(|v| *v), row.iter().rposition(|v| *v)) {
-            points.push((first as f64, r as f64));
-            points.push((last as f64, r as f64));
-        }
-    }
-    if points.is_empty() {
-        return None;
-    }
-    let hull = convex_hull(points);
-    let mut out = Mask::filled(mask.rows, mask.columns, false);
-    for r in 0..mask.rows {
-        let y = r as f64;
-        // Intersect the row with every hull edge; the hull covers the span between.
-        let (mut low, mut high) = (f64::INFINITY, f64::NEG_INFINITY);
-        for k in 0..hull.len() {
-            let (a, b) = (hull[k], hull[(k + 1) % hull.len()]);
-            if (a.1 - y) * (b.1 - y) > 0.0 {
-                continue;
-            }
-            if a.1 == b.1 {
-                low = low.min(a.0.min(b.0));
-                high = high.max(a.0.max(b.0));
-            } else {
-                let x = a.0 + (y - a.1) * (b.0 - a.0) / (b.1 - a.1);
-                low = low.min(x);
-                high = high.max(x);
-            }
-        }
-        if low > high {
-            continue;
-        }
-        let first = (low - 1e-9).ceil().max(0.0) as usize;
-        let last = ((high + 1e-9).floor() as usize).min(mask.columns - 1);
-        for c in first..=last {
-            out.data[r * mask.columns + c] = true;
-        }
-    }
-    Some(out)
+/// Side in pixels of the square that spans `mm` at `pixel_side` mm per pixel (at least 1).
+/// The method's 3 and 8 pixels for ~0.7 mm pixels are 2.1 and 5.6 mm.
+pub fn square_side_pixels(mm: f64, pixel_side: f64) -> usize {
+    ((mm / pixel_side).round() as usize).max(1)
 }
 
-/// Andrew's monotone chain: the convex hull in counter-clockwise order.
-fn convex_hull(mut points: Vec<(f64, f64)>) -> Vec<(f64, f64)> {
-    points.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
-    points.dedup();
-    if points.len() < 3 {
-        return points;
-    }
-    let cross = |o: (f64, f64), a: (f64, f64), b: (f64, f64)| (a.0 - o.0) * (b.1 - o.1) - (a.1 - o.1) * (b.0 - o.0);
-    let mut hull: Vec<(f64, f64)> = Vec::with_capacity(points.len() * 2);
-    for pass in 0..2 {
-        let start = hull.len();
-        let ordered: Box<dyn Iterator<Item = &(f64, f64)>> = if pass == 0 {
-            Box::new(points.iter())
-        } else {
-            Box::new(points.iter().rev())
-        };
-        for &p in ordered {
-            while hull.len() >= start + 2 && cross(hull[hull.len() - 2], hull[hull.len() - 1], p) <= 0.0 {
-                hull.pop();
-            }
-            hull.push(p);
-        }
-        hull.pop();
-    }
-    hull
-}
-
-/// Mean column of the set pixels (0 for an empty mask).
-pub fn mean_column(mask: &Mask) -> f64 {
+/// Mean column of the set pixels in rows `first ..= last` (the image's centre column when
+/// none is set).
+fn mean_column_in_rows(mask: &Mask, first: usize, last: usize) -> f64 {
     let (mut sum, mut count) = (0f64, 0usize);
-    for (i, value) in mask.data.iter().enumerate() {
-        if *value {
-            sum += (i % mask.columns) as f64;
-            count += 1;
+    for r in first..=last.min(mask.rows - 1) {
+        for (c, set) in mask.data[r * mask.columns..(r + 1) * mask.columns].iter().enumerate() {
+            if *set {
+                sum += c as f64;
+                count += 1;
+            }
         }
     }
     if count == 0 {
-        0.0
+        mask.columns as f64 / 2.0
     } else {
         sum / count as f64
     }
@@ -320,28 +306,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hull_of_an_l_shape_fills_the_corner() {
-        let mut mask = Mask::filled(5, 5, false);
-        for i in 0..5 {
-            mask.set(4, i, true);
-            mask.set(i, 0, true);
-        }
-        let hull = convex_hull_mask(&mask).unwrap();
-        // The triangle (0,0), (4,0), (4,4): row r covers columns 0..=r.
-        for r in 0..5 {
-            for c in 0..5 {
-                assert_eq!(hull.get(r, c), c <= r, "({r}, {c})");
-            }
-        }
+    fn square_sides_follow_the_spacing() {
+        // The method's sizes at 0.7 mm, and the same physical size at other spacings.
+        assert_eq!(square_side_pixels(2.1, 0.7), 3);
+        assert_eq!(square_side_pixels(5.6, 0.7), 8);
+        assert_eq!(square_side_pixels(5.6, 1.4), 4);
+        assert_eq!(square_side_pixels(2.1, 2.8), 1);
     }
 
     #[test]
-    fn hull_of_a_single_pixel() {
-        let mut mask = Mask::filled(3, 3, false);
-        mask.set(1, 2, true);
-        let hull = convex_hull_mask(&mask).unwrap();
-        assert_eq!(hull.count(), 1);
-        assert!(hull.get(1, 2));
-        assert!(convex_hull_mask(&Mask::filled(3, 3, false)).is_none());
+    fn midline_ignores_rows_outside_the_range() {
+        // Rows 0-1: a body centred on column 4; row 2: a table shifted right.
+        let mut mask = Mask::filled(3, 10, false);
+        for c in 2..=6 {
+            mask.set(0, c, true);
+            mask.set(1, c, true);
+        }
+        for c in 5..10 {
+            mask.set(2, c, true);
+        }
+        assert_eq!(mean_column_in_rows(&mask, 0, 1), 4.0);
+        assert!(mean_column_in_rows(&mask, 0, 2) > 4.0);
+        assert_eq!(mean_column_in_rows(&Mask::filled(2, 10, false), 0, 1), 5.0);
     }
 }

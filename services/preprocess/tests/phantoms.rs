@@ -58,6 +58,22 @@ fn healthy_lung_volume_within_5_percent() {
 }
 
 #[test]
+fn coarse_matrices_find_the_lungs() {
+    // The erosion and dilation scale with the pixel size, so a 64×64 matrix (5.6 mm
+    // pixels) still separates the lungs from the outside air across the chest wall.
+    for matrix in [64u16, 128, 256] {
+        let spec = PhantomSpec {
+            slices: 30,
+            slice_spacing_mm: 8.0,
+            ..PhantomSpec::preset(Label::Healthy, 12).with_matrix(matrix, matrix, 358.4 / f64::from(matrix))
+        };
+        let (series, truth, _) = run(&spec);
+        let tolerance = if matrix == 64 { 15.0 } else { 5.0 };
+        assert_volume_within(&format!("{matrix}x{matrix}"), &series, &truth, tolerance);
+    }
+}
+
+#[test]
 fn covid_lung_volume_and_infected_share() {
     for seed in [3, 4] {
         let (series, truth, _) = run(&chest(Label::Covid, seed));
@@ -141,6 +157,7 @@ fn padding_without_attribute_is_not_air() {
     assert_volume_within("unsigned 12-bit", &series, &truth, 5.0);
     let median = series.facts.background_median_hu;
     assert!((-1010.0..=-990.0).contains(&median), "background median {median} HU");
+    assert!(series.facts.background_plausible);
 }
 
 #[test]

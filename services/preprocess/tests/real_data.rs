@@ -49,6 +49,7 @@ fn pancreas_series_has_lungs_only_on_chest_slices() {
     let ratio = facts.lung_volume_ml.right / facts.lung_volume_ml.left;
     assert!((0.7..=1.4).contains(&ratio), "right/left {ratio:.2}");
     assert!((-1010.0..=-985.0).contains(&facts.background_median_hu));
+    assert!(facts.background_plausible);
 }
 
 #[test]
