@@ -69,13 +69,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn bench_preprocess(args: &PreprocessBenchArgs) -> anyhow::Result<ExitCode> {
-    crate::check_inputs(std::slice::from_ref(&args.series))?;
-    if args.repeat == 0 {
-        bail!("--repeat must be at least 1");
-    }
-    if let Some(path) = &args.json {
-        std::fs::write(path, "").with_context(|| format!("cannot write {}", path.display()))?;
-    }
+    check_arguments(&args.series, args.repeat, args.json.as_deref())?;
     let (volume, _) = read_volume(std::slice::from_ref(&args.series), &ReaderConfig::default())?;
     let slices = volume.dims.slices;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -219,14 +213,21 @@ fn reference_report(output: std::process::Output) -> anyhow::Result<serde_json::
     serde_json::from_slice(&output.stdout).context("the reference printed no JSON")
 }
 
-fn bench_reader(args: &ReaderBenchArgs) -> anyhow::Result<ExitCode> {
-    crate::check_inputs(std::slice::from_ref(&args.series))?;
-    if args.repeat == 0 {
+/// Checks, before any timing, that the series exists, `repeat` is positive and the JSON
+/// output can be written.
+fn check_arguments(series: &Path, repeat: usize, json: Option<&Path>) -> anyhow::Result<()> {
+    crate::check_inputs(&[series.to_path_buf()])?;
+    if repeat == 0 {
         bail!("--repeat must be at least 1");
     }
-    if let Some(path) = &args.json {
+    if let Some(path) = json {
         std::fs::write(path, "").with_context(|| format!("cannot write {}", path.display()))?;
     }
+    Ok(())
+}
+
+fn bench_reader(args: &ReaderBenchArgs) -> anyhow::Result<ExitCode> {
+    check_arguments(&args.series, args.repeat, args.json.as_deref())?;
     let config = ReaderConfig::default();
     let inputs = vec![args.series.clone()];
     // The reference keeps every CT image it finds, so the comparison is fair only on a
