@@ -85,6 +85,24 @@ fn print_text(inventory: &Inventory, show_skipped: usize) {
     if inventory.selected().is_none() {
         println!("\nNothing can be analysed.");
     }
+    let mut studies: Vec<&str> = inventory.candidates.iter().map(|c| c.study_uid.as_str()).collect();
+    studies.sort_unstable();
+    studies.dedup();
+    if studies.len() > 1 {
+        println!(
+            "\nNote: {} studies under the inputs; one stack is chosen across all of them. Inspect one study's folder at a time to see each.",
+            studies.len()
+        );
+    }
+    if !inventory.duplicates.is_empty() {
+        println!("\nduplicates (same SOP Instance UID): {} file(s)", inventory.duplicates.len());
+        for duplicate in inventory.duplicates.iter().take(show_skipped) {
+            println!("  {} repeats {}", duplicate.path.display(), duplicate.original.display());
+        }
+        if inventory.duplicates.len() > show_skipped {
+            println!("  ... and {} more", inventory.duplicates.len() - show_skipped);
+        }
+    }
 
     let mut by_reason: BTreeMap<String, Vec<&lungstream_dicom::SkippedFile>> = BTreeMap::new();
     for skipped in &inventory.skipped {

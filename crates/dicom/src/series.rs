@@ -1,7 +1,7 @@
 //! From files to stacks to a volume: scanning inputs, grouping images into axial stacks,
 //! choosing one stack, and assembling it into a [`CtVolume`].
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::path::PathBuf;
 
@@ -22,6 +22,14 @@ pub struct SkippedFile {
     pub path: PathBuf,
     pub reason: ReasonCode,
     pub message: String,
+}
+
+/// A file that repeats an image already found, by _SOP Instance UID_.
+#[derive(Clone, Debug, Serialize)]
+pub struct DuplicateFile {
+    pub path: PathBuf,
+    /// The file of the same image that was kept.
+    pub original: PathBuf,
 }
 
 /// Images of one series that share matrix, orientation, spacing, kernel and thickness,
@@ -82,7 +90,7 @@ pub struct Inventory {
     pub candidates: Vec<StackCandidate>,
     pub skipped: Vec<SkippedFile>,
     /// Files whose _SOP Instance UID_ was already seen (the same image sent twice).
-    pub duplicates: Vec<PathBuf>,
+    pub duplicates: Vec<DuplicateFile>,
 }
 
 impl Inventory {
@@ -105,15 +113,19 @@ impl Inventory {
             skipped: unreadable,
             ..Inventory::default()
         };
-        let mut seen_instances = HashSet::new();
+        let mut seen_instances: HashMap<String, PathBuf> = HashMap::new();
         let mut stacks: BTreeMap<StackKey, Vec<SliceHeader>> = BTreeMap::new();
         for (path, result) in results {
             match result {
                 Ok(header) => {
-                    if !seen_instances.insert(header.sop_instance_uid.clone()) {
-                        inventory.duplicates.push(path);
+                    if let Some(original) = seen_instances.get(&header.sop_instance_uid) {
+                        inventory.duplicates.push(DuplicateFile {
+                            path,
+                            original: original.clone(),
+                        });
                         continue;
                     }
+                    seen_instances.insert(header.sop_instance_uid.clone(), path);
                     stacks.entry(StackKey::of(&header)).or_default().push(header);
                 }
                 Err(error) => {

@@ -394,6 +394,25 @@ fn truncated_slice_is_named_and_leaves_a_gap() {
 }
 
 #[test]
+fn repeated_image_is_listed_once() {
+    let (dir, _) = write(&small(20));
+    let original = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
+        .min()
+        .unwrap();
+    // "zz" sorts after every hex file name, so the copy is found second.
+    let copy = dir.path().join("zz-copy.dcm");
+    std::fs::copy(&original, &copy).unwrap();
+    let (volume, inventory) = read_volume(&[dir.path().to_path_buf()], &ReaderConfig::default()).unwrap();
+    assert_eq!(volume.dims.slices, 24);
+    assert_eq!(inventory.duplicates.len(), 1);
+    assert_eq!(inventory.duplicates[0].path, copy);
+    assert_eq!(inventory.duplicates[0].original, original);
+}
+
+#[test]
 fn missing_folder_is_unreadable() {
     let dir = tempfile::tempdir().unwrap();
     let inventory = Inventory::scan(&[dir.path().join("missing")], &ReaderConfig::default());
