@@ -23,6 +23,9 @@ pub struct ReaderConfig {
     /// A spacing between consecutive slices above this multiple of the median spacing is a
     /// gap (`missing_slices`).
     pub max_gap_ratio: f64,
+    /// Largest median slice spacing accepted, mm. Diagnostic chest CT uses 0.5–10 mm; a
+    /// larger spacing is a broken _Image Position (Patient)_ or not a volume at all.
+    pub max_slice_spacing_mm: f64,
     /// Secret key of the HMAC-SHA256 that turns _Patient ID_ into the pseudonymous
     /// patient key. Deployments set one secret for all their services, so the same
     /// patient gets the same key everywhere.
@@ -51,6 +54,7 @@ impl Default for ReaderConfig {
             min_slices: 3,
             max_axial_tilt_deg: 30.0,
             max_gap_ratio: 1.5,
+            max_slice_spacing_mm: 20.0,
             patient_key_secret: Vec::new(),
         }
     }

@@ -513,6 +513,14 @@ fn check_stack(
             limit: config.max_slices as u64,
         });
     }
+    if let Some(spacing) = median_spacing_mm.filter(|s| *s > config.max_slice_spacing_mm) {
+        return Some(ReadError::TooLarge {
+            subject: format!("series {series_uid}"),
+            what: "the median slice spacing in mm",
+            value: spacing.ceil() as u64,
+            limit: config.max_slice_spacing_mm as u64,
+        });
+    }
     // Positions closer than 1% of the median spacing (or 1 µm) are the same position.
     let tolerance = median_spacing_mm.map_or(1e-3, |m| (m * 0.01).max(1e-3));
     for (pair, window) in slices.windows(2).zip(positions_mm.windows(2)) {

@@ -358,6 +358,18 @@ fn slice_count_limits() {
 }
 
 #[test]
+fn slice_spacing_limit() {
+    let spec = PhantomSpec {
+        slices: 4,
+        slice_spacing_mm: 25.0,
+        ..small(21)
+    };
+    let error = read_spec(&spec).unwrap_err();
+    assert_eq!(error.reason(), ReasonCode::TooLarge);
+    assert!(error.to_string().contains("slice spacing"), "{error}");
+}
+
+#[test]
 fn matrix_limit() {
     let (dir, _) = write(&small(16));
     let config = ReaderConfig {
