@@ -13,12 +13,14 @@ fn main() {
         let inventory = lungstream_dicom::Inventory::scan(&inputs, &config);
         std::hint::black_box(lungstream_dicom::load_volume(inventory.selected().unwrap(), &config).unwrap());
     }
+
     let start = std::time::Instant::now();
     let inventory = lungstream_dicom::Inventory::scan(&inputs, &config);
     let scanned = start.elapsed();
     let candidate = inventory.selected().expect("a loadable stack");
     let volume = lungstream_dicom::load_volume(candidate, &config).unwrap_or_else(|e| panic!("{e}"));
     println!("read in {:?} (headers {scanned:?})", start.elapsed());
+
     println!("dims {:?} spacing {:?} origin {:?}", volume.dims, volume.spacing_mm, volume.origin_mm);
     println!("mapping {:?} directions {:?}", volume.mapping, volume.directions);
     let padding = volume.padding.count_ones();

@@ -48,7 +48,7 @@ pub struct LengthOverrun {
 /// Walks the element headers in `data_set` and returns the first defined length that
 /// exceeds what remains of the file.
 ///
-/// `data_set` holds the bytes after the file meta group, possibly only a prefix of them,
+/// `data_set` contains the bytes after the file meta group, possibly only a prefix of them,
 /// and `remaining_in_file` bytes follow its start in the file.
 ///
 /// Sequences and items of undefined length are walked into; values of defined length are

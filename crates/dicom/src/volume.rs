@@ -93,8 +93,8 @@ fn pack_bools(chunk: &[bool]) -> u64 {
     let groups = chunk.chunks_exact(8);
     let rest = groups.remainder();
     for (group_index, group) in groups.enumerate() {
-        // Eight 0/1 bytes read as one little-endian word; the multiplication moves byte i's
-        // bit to bit 56 + i with no carries (every product term lands on its own bit).
+        // Eight 0/1 bytes are read as one little-endian word. The multiplication moves byte
+        // i's bit to bit 56 + i without carries, because every product term has its own bit.
         let bytes = u64::from_le_bytes(std::array::from_fn(|i| u8::from(group[i])));
         let packed = bytes.wrapping_mul(0x0102_0408_1020_4080) >> 56;
         word |= packed << (8 * group_index);

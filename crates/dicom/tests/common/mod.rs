@@ -2,7 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-/// The real test data beside the checkout (`../shared/data`), or `LUNGSTREAM_DATA`.
+/// Returns the real test data folder: `LUNGSTREAM_DATA`, or `../shared/data` beside the
+/// checkout.
 pub fn data_dir() -> PathBuf {
     let dir = std::env::var_os("LUNGSTREAM_DATA")
         .map(PathBuf::from)
