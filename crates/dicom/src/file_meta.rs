@@ -15,11 +15,48 @@ const KEPT_ELEMENTS: [u16; 6] = [0x0001, 0x0002, 0x0003, 0x0010, 0x0012, 0x0013]
 /// little endian, so it can be walked here without a parser. Returns `None` when the
 /// group cannot be walked either.
 pub fn rebuild_file_meta(bytes: &[u8]) -> Option<Vec<u8>> {
+    let (elements, data_set_offset) = walk_file_meta(bytes)?;
+    let mut kept = Vec::new();
+    for element in &elements {
+        // The implementation version name is a 16-character SH; drop it when longer.
+        let valid = element.element != 0x0013 || element.end - element.value_start <= 16;
+        if KEPT_ELEMENTS.contains(&element.element) && valid {
+            kept.extend_from_slice(&bytes[element.start..element.end]);
+        }
+    }
+    if kept.is_empty() {
+        return None;
+    }
+
+    let mut rebuilt = Vec::with_capacity(bytes.len());
+    rebuilt.extend_from_slice(b"DICM");
+    // (0002,0000) File Meta Information Group Length, UL.
+    rebuilt.extend_from_slice(&[0x02, 0x00, 0x00, 0x00, b'U', b'L', 0x04, 0x00]);
+    rebuilt.extend_from_slice(&(kept.len() as u32).to_le_bytes());
+    rebuilt.extend_from_slice(&kept);
+    rebuilt.extend_from_slice(&bytes[data_set_offset..]);
+    Some(rebuilt)
+}
+
+/// One element of the file meta group, as byte offsets into the file.
+pub(crate) struct MetaElement {
+    pub element: u16,
+    /// First byte of the element's header.
+    pub start: usize,
+    pub value_start: usize,
+    /// One past the value's last byte.
+    pub end: usize,
+}
+
+/// Walks the file meta group of `bytes` (which start at the `DICM` prefix), which is
+/// always explicit VR little endian, and returns its elements and the offset of the data
+/// set after it. Returns `None` when an element runs past the end of `bytes`.
+pub(crate) fn walk_file_meta(bytes: &[u8]) -> Option<(Vec<MetaElement>, usize)> {
     if !bytes.starts_with(b"DICM") {
         return None;
     }
     let mut position = 4;
-    let mut kept = Vec::new();
+    let mut elements = Vec::new();
     while position + 8 <= bytes.len() {
         let group = u16::from_le_bytes([bytes[position], bytes[position + 1]]);
         if group != 0x0002 {
@@ -33,28 +70,20 @@ pub fn rebuild_file_meta(bytes: &[u8]) -> Option<Vec<u8>> {
         } else {
             (8, usize::from(u16::from_le_bytes([bytes[position + 6], bytes[position + 7]])))
         };
-        let end = position.checked_add(header_len)?.checked_add(value_len)?;
+        let value_start = position.checked_add(header_len)?;
+        let end = value_start.checked_add(value_len)?;
         if end > bytes.len() {
             return None;
         }
-        // The implementation version name is a 16-character SH; drop it when longer.
-        let valid = element != 0x0013 || value_len <= 16;
-        if KEPT_ELEMENTS.contains(&element) && valid {
-            kept.extend_from_slice(&bytes[position..end]);
-        }
+        elements.push(MetaElement {
+            element,
+            start: position,
+            value_start,
+            end,
+        });
         position = end;
     }
-    if kept.is_empty() {
-        return None;
-    }
-    let mut rebuilt = Vec::with_capacity(bytes.len());
-    rebuilt.extend_from_slice(b"DICM");
-    // (0002,0000) File Meta Information Group Length, UL.
-    rebuilt.extend_from_slice(&[0x02, 0x00, 0x00, 0x00, b'U', b'L', 0x04, 0x00]);
-    rebuilt.extend_from_slice(&(kept.len() as u32).to_le_bytes());
-    rebuilt.extend_from_slice(&kept);
-    rebuilt.extend_from_slice(&bytes[position..]);
-    Some(rebuilt)
+    Some((elements, position))
 }
 
 #[cfg(test)]

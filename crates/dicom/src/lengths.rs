@@ -124,30 +124,10 @@ pub fn find_length_overrun(data_set: &[u8], remaining_in_file: u64, encoding: En
 /// the file meta group, whose elements are always explicit VR little endian, and the
 /// _Transfer Syntax UID_ found there.
 pub fn read_file_meta(bytes: &[u8]) -> Option<(usize, String)> {
-    let mut position = 4;
-    let mut transfer_syntax = None;
-    while position + 8 <= bytes.len() {
-        let group = u16::from_le_bytes([bytes[position], bytes[position + 1]]);
-        if group != 0x0002 {
-            return Some((position, transfer_syntax?));
-        }
-        let element = u16::from_le_bytes([bytes[position + 2], bytes[position + 3]]);
-        let vr = &bytes[position + 4..position + 6];
-        let (header_len, length) = if LONG_VRS.iter().any(|long| long.as_slice() == vr) {
-            let raw = bytes.get(position + 8..position + 12)?;
-            (12, u32::from_le_bytes(raw.try_into().ok()?) as usize)
-        } else {
-            (8, usize::from(u16::from_le_bytes([bytes[position + 6], bytes[position + 7]])))
-        };
-        let end = position.checked_add(header_len)?.checked_add(length)?;
-        if element == 0x0010 {
-            let value = bytes.get(position + header_len..end)?;
-            let uid = String::from_utf8_lossy(value);
-            transfer_syntax = Some(uid.trim_end_matches(['\0', ' ']).to_string());
-        }
-        position = end;
-    }
-    None
+    let (elements, data_set_offset) = crate::file_meta::walk_file_meta(bytes)?;
+    let transfer_syntax = elements.iter().find(|e| e.element == 0x0010)?;
+    let uid = String::from_utf8_lossy(&bytes[transfer_syntax.value_start..transfer_syntax.end]);
+    Some((data_set_offset, uid.trim_end_matches(['\0', ' ']).to_string()))
 }
 
 #[cfg(test)]
