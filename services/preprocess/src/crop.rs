@@ -67,14 +67,7 @@ impl CropBox {
     pub fn crop_values(&self, image: &Image<u16>, origin: (usize, usize)) -> Image<u16> {
         let mut out = Image::filled(CROP_SIZE, CROP_SIZE, 0u16);
         if self.scale == 1.0 {
-            // Unscaled: each pasted row is a copy of a box row.
-            for pr in 0..self.pasted_rows {
-                let source_row = self.row + pr - origin.0;
-                let start = source_row * image.columns + self.column - origin.1;
-                let target = (self.offset_row + pr) * CROP_SIZE + self.offset_column;
-                out.data[target..target + self.pasted_columns]
-                    .copy_from_slice(&image.data[start..start + self.pasted_columns]);
-            }
+            self.copy_unscaled(image, origin, &mut out);
             return out;
         }
         for r in 0..CROP_SIZE {
@@ -82,12 +75,7 @@ impl CropBox {
                 let Some((sr, sc)) = self.source(r, c) else {
                     continue;
                 };
-                let (sr, sc) = (sr - origin.0 as f64, sc - origin.1 as f64);
-                let value = if self.scale == 1.0 {
-                    f64::from(image.get(sr.round() as usize, sc.round() as usize))
-                } else {
-                    bilinear(image, sr, sc)
-                };
+                let value = bilinear(image, sr - origin.0 as f64, sc - origin.1 as f64);
                 out.set(r, c, value.round() as u16);
             }
         }
@@ -98,12 +86,7 @@ impl CropBox {
     pub fn crop_mask(&self, mask: &Mask) -> Mask {
         let mut out = Mask::filled(CROP_SIZE, CROP_SIZE, false);
         if self.scale == 1.0 {
-            for pr in 0..self.pasted_rows {
-                let start = (self.row + pr) * mask.columns + self.column;
-                let target = (self.offset_row + pr) * CROP_SIZE + self.offset_column;
-                out.data[target..target + self.pasted_columns]
-                    .copy_from_slice(&mask.data[start..start + self.pasted_columns]);
-            }
+            self.copy_unscaled(mask, (0, 0), &mut out);
             return out;
         }
         for r in 0..CROP_SIZE {
@@ -116,6 +99,16 @@ impl CropBox {
             }
         }
         out
+    }
+
+    /// Copies the box out of `image` (whose first pixel is at `origin` in the slice) into
+    /// the pasted area of `out`, row by row: the crop of an unscaled box.
+    fn copy_unscaled<T: Copy>(&self, image: &Image<T>, origin: (usize, usize), out: &mut Image<T>) {
+        for pasted_row in 0..self.pasted_rows {
+            let start = (self.row + pasted_row - origin.0) * image.columns + self.column - origin.1;
+            let target = (self.offset_row + pasted_row) * CROP_SIZE + self.offset_column;
+            out.data[target..target + self.pasted_columns].copy_from_slice(&image.data[start..start + self.pasted_columns]);
+        }
     }
 }
 
