@@ -10,7 +10,6 @@ use std::path::PathBuf;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use lungstream_preprocess::lungs::{extract_lungs, Side};
-use lungstream_preprocess::normalise::{background_mask, shift_hu, BackgroundHistogram};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -34,12 +33,10 @@ fn main() {
     let (volume, _) = lungstream_dicom::read_volume(&[dir], &config).unwrap_or_else(|e| panic!("{e}"));
     let dims = volume.dims;
 
-    let mut background = BackgroundHistogram::default();
-    for k in 0..dims.slices {
-        let (shifted, padding) = shifted(&volume, k);
-        background.add(&shifted, &background_mask(&shifted, &padding));
-    }
-    let median = background.median().expect("outside air");
+    let Some(median) = lungstream_preprocess::background_histogram(&volume).median() else {
+        eprintln!("no outside air on any slice, so the background cannot be measured");
+        std::process::exit(1);
+    };
     let area = volume.spacing_mm[1] * volume.spacing_mm[2];
 
     let chosen: Vec<usize> = (0..dims.slices).step_by(step).collect();
@@ -77,18 +74,4 @@ fn main() {
     encoder.set_depth(png::BitDepth::Eight);
     encoder.write_header().unwrap().write_image_data(&rgb).unwrap();
     println!("wrote {} slices to {}", chosen.len(), out.display());
-}
-
-fn shifted(
-    volume: &lungstream_dicom::CtVolume,
-    k: usize,
-) -> (lungstream_preprocess::image::Image<u16>, lungstream_preprocess::image::Mask) {
-    let dims = volume.dims;
-    let values = volume.slice(k).iter().map(|hu| shift_hu(*hu)).collect();
-    let offset = k * dims.slice_len();
-    let padding = (0..dims.slice_len()).map(|i| volume.padding.get(offset + i)).collect();
-    (
-        lungstream_preprocess::image::Image::from_vec(dims.rows, dims.columns, values),
-        lungstream_preprocess::image::Mask::from_vec(dims.rows, dims.columns, padding),
-    )
 }

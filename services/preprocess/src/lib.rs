@@ -140,15 +140,7 @@ pub fn preprocess(volume: &CtVolume, config: &PreprocessConfig) -> Result<Prepro
     let dims = volume.dims;
     let series_uid = volume.meta.series_uid.clone();
 
-    let background = (0..dims.slices)
-        .into_par_iter()
-        .map(|k| {
-            let (shifted, padding) = shifted_slice(volume, k);
-            let mut histogram = BackgroundHistogram::default();
-            histogram.add(&shifted, &background_mask(&shifted, &padding));
-            histogram
-        })
-        .reduce(BackgroundHistogram::default, BackgroundHistogram::merge);
+    let background = background_histogram(volume);
     let median = background.median().ok_or_else(|| PreprocessError::NoBackground {
         series_uid: series_uid.clone(),
     })?;
@@ -271,6 +263,20 @@ fn crop_mask_pixels(mask: &Mask, crop_box: &CropBox) -> u32 {
             mask.data[start..start + crop_box.columns].iter().filter(|v| **v).count() as u32
         })
         .sum()
+}
+
+/// Histogram of the outside air's shifted values over every slice of a volume (in
+/// parallel); its median is the series' background median.
+pub fn background_histogram(volume: &CtVolume) -> BackgroundHistogram {
+    (0..volume.dims.slices)
+        .into_par_iter()
+        .map(|k| {
+            let (shifted, padding) = shifted_slice(volume, k);
+            let mut histogram = BackgroundHistogram::default();
+            histogram.add(&shifted, &background_mask(&shifted, &padding));
+            histogram
+        })
+        .reduce(BackgroundHistogram::default, BackgroundHistogram::merge)
 }
 
 /// Shifted values (HU clipped to -2000..3000, plus 2000) and padding of slice `k`.
