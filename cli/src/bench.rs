@@ -188,7 +188,7 @@ fn write_npy(path: &Path, descr: &str, shape: &[usize], data: &[u8]) -> anyhow::
     std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// The timed repetitions of a reference's report, in seconds, without the first one (the
+/// Returns the timed repetitions of a reference's report, in seconds, without the first one (the
 /// warm-up).
 fn timed_repetitions(report: &serde_json::Value) -> anyhow::Result<Vec<f64>> {
     let seconds = report["seconds"].as_array().context("no \"seconds\" in the reference's output")?;

@@ -1,4 +1,4 @@
-//! Types shared by every lungstream stage: the stable reason codes that say why an input
+//! Types shared by every lungstream stage: the stable reason codes that record why an input
 //! was rejected.
 //!
 //! A reason code is part of the public contract: it appears in dead-letter events, in
@@ -9,7 +9,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// Why an input cannot be analysed, as a stable `snake_case` code.
+/// Reason an input cannot be analysed, as a stable `snake_case` code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReasonCode {
@@ -24,7 +24,7 @@ pub enum ReasonCode {
     NotCt,
     /// A required attribute is missing.
     MissingAttribute,
-    /// A required attribute holds a value that cannot be used (wrong count, not a number,
+    /// A required attribute contains a value that cannot be used (wrong count, not a number,
     /// zero spacing).
     InvalidAttribute,
     /// The image plane is not axial (coronal, sagittal or strongly oblique).

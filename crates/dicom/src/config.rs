@@ -9,11 +9,11 @@ pub struct ReaderConfig {
     pub max_file_bytes: u64,
     /// Largest _Rows_ or _Columns_ accepted.
     pub max_matrix: u32,
-    /// Most slices in one volume. 2000 covers a whole-body scan at 1 mm.
+    /// Maximum number of slices in one volume. 2000 covers a whole-body scan at 1 mm.
     pub max_slices: usize,
-    /// Most voxels in one volume: 2^30 voxels take 2 GiB as 16-bit HU.
+    /// Maximum number of voxels in one volume: 2^30 voxels take 2 GiB as 16-bit HU.
     pub max_voxels: u64,
-    /// Fewest slices in one volume. The method stacks three neighbouring slices and
+    /// Minimum number of slices in one volume. The method stacks three neighbouring slices and
     /// requires disease on two consecutive slices, so the default is 3; per-slice tools
     /// lower it to 1.
     pub min_slices: usize,

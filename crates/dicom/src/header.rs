@@ -152,7 +152,7 @@ pub fn read_header(path: &Path, config: &ReaderConfig) -> Result<SliceHeader, Re
 /// Returns whether the file has a complete _Pixel Data_ element.
 ///
 /// For uncompressed pixel data the element normally ends the file, so its header sits
-/// exactly _Rows_ × _Columns_ × _Number of Frames_ samples before the end; checking those
+/// exactly _Rows_ × _Columns_ × _Number of Frames_ samples before the end. Checking those
 /// bytes avoids reading the pixels twice. Anything else (compressed data, trailing
 /// elements, a short file) is settled by parsing the whole file.
 ///
@@ -296,7 +296,7 @@ fn parse_from_bytes(
     }
 }
 
-/// Checks a parsed object's header. `has_pixel_data` tells whether the file has a
+/// Checks a parsed object's header. `has_pixel_data` is whether the file has a
 /// complete _Pixel Data_ element, because the object may have been read only up to it.
 pub fn header_from_object(
     object: &DefaultDicomObject,

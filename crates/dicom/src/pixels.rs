@@ -62,7 +62,7 @@ pub fn decode_raw_words(object: &DefaultDicomObject, path: &Path) -> Result<RawF
     let regrouped = regroup_fragments(object);
     let object = regrouped.as_ref().unwrap_or(object);
     // Some dicom-rs 0.10 codecs index out of bounds on corrupt data (RLE segments, for
-    // one); a panic there must become this file's error, not end the process.
+    // one). A panic there must become this file's error, not end the process.
     let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| object.decode_pixel_data()))
         .map_err(|panic| ReadError::DecodeFailed {
             path: path.to_path_buf(),
@@ -314,9 +314,9 @@ pub struct CircleFill<T> {
 /// inward from the border along 180 rays, the fill ends where a different value starts.
 /// The median of those distances from the centre is the circle's radius: rays that meet
 /// clipped air equal to the fill run further in, and the median ignores them. The result
-/// is accepted only when at least 99% of the pixels beyond that radius hold the fill, they
-/// make up at least 2% of the image, and the radius is at least 40% of the matrix: air
-/// that the scanner clipped to its minimum is noisy, so it fails the first test.
+/// is accepted only when at least 99% of the pixels beyond that radius contain the fill,
+/// they make up at least 2% of the image, and the radius is at least 40% of the matrix.
+/// Air that the scanner clipped to its minimum is noisy, so it fails the first test.
 pub fn fill_outside_circle<T: Copy + PartialOrd>(stored: &[T], rows: usize, columns: usize) -> Option<CircleFill<T>> {
     if rows < 16 || columns < 16 {
         return None;
@@ -382,7 +382,7 @@ fn decode_error(path: &Path, error: &dicom_pixeldata::Error) -> ReadError {
     }
 }
 
-/// The text of a caught panic's payload.
+/// Returns the text of a caught panic's payload.
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(text) = payload.downcast_ref::<&str>() {
         (*text).to_string()

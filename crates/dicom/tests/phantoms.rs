@@ -11,8 +11,8 @@ use lungstream_phantom::{
 };
 use lungstream_schemas::ReasonCode;
 
-/// A small healthy chest: 128×128 at 2.8 mm over the standard 358.4 mm field of view, 24
-/// slices 10 mm apart covering the lungs.
+/// Builds a small healthy chest: 128×128 at 2.8 mm over the standard 358.4 mm field of
+/// view, 24 slices 10 mm apart covering the lungs.
 fn small(seed: u64) -> PhantomSpec {
     PhantomSpec {
         slices: 24,
@@ -21,7 +21,7 @@ fn small(seed: u64) -> PhantomSpec {
     }
 }
 
-/// The same without noise, so that volumes from different encodings compare exactly.
+/// Builds the same chest without noise, so that volumes from different encodings compare exactly.
 fn noiseless(seed: u64) -> PhantomSpec {
     PhantomSpec {
         noise_sd_hu: 0.0,
@@ -68,9 +68,9 @@ fn lung_halves(volume: &CtVolume) -> (usize, usize) {
     (right, left)
 }
 
-/// Asserts that the volume read from `spec`'s files equals the in-memory rendering: HU
-/// within one unit (stored values are rounded), and padding exactly outside the circle
-/// and wherever a sharp kernel's undershoot at the skin falls to -1500 HU or below.
+/// Asserts that the volume read from `spec`'s files equals the in-memory rendering. HU
+/// agree within one unit, because stored values are rounded. Padding is exactly the area
+/// outside the circle, plus any sharp-kernel undershoot at the skin at -1500 HU or below.
 fn assert_matches_render(name: &str, spec: &PhantomSpec) {
     let (dir, truth) = write(spec);
     let volume = read(dir.path()).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -118,7 +118,7 @@ fn anatomy_options_load_as_rendered() {
 }
 
 #[test]
-fn right_lung_is_on_the_canonical_left_for_every_orientation() {
+fn orientations_put_right_lung_left() {
     for orientation in [
         Orientation::Supine,
         Orientation::Prone,
@@ -288,7 +288,7 @@ fn localizer_in_the_series_is_skipped() {
 }
 
 #[test]
-fn second_kernel_is_listed_and_the_finer_stack_chosen() {
+fn second_kernel_listed_finer_chosen() {
     let (dir, truth) = write(&PhantomSpec {
         second_series_kernel: Some("LUNG".to_string()),
         ..small(11)

@@ -1,5 +1,5 @@
-//! Preprocesses a DICOM series and prints its facts; with a phantom's ground_truth.json
-//! beside the files, compares lung volume and the model-free infected share with the
+//! Preprocesses a DICOM series and prints its facts. With a phantom's ground_truth.json
+//! beside the files, it also compares lung volume and the model-free infected share with the
 //! truth.
 //!
 //! `cargo run --release -p lungstream-preprocess --example preprocess_stats -- DIR`

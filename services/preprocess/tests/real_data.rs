@@ -86,6 +86,6 @@ fn covid_slices_lungs_found_on_chest_slices() {
     assert!(no_lungs.iter().all(|f| f.to_string_lossy().contains("A027284")));
     assert_eq!(some_lung, 8);
     // NOTE: a lung almost filled with ground glass and crazy paving falls mostly outside
-    // the K-means foreground and is missed; three slices lose one side that way.
+    // the K-means foreground and is missed. Three slices lose one side that way.
     assert!(both_sides >= 5, "both lungs on {both_sides} of 8 chest slices");
 }
