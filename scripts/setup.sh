@@ -3,19 +3,41 @@
 # fresh Debian machine with a Rust toolchain and Python 3 can build and test lungstream.
 # Safe to run again: it does nothing when everything is already there.
 #
-#   .cache/venv   CMake (builds CharLS, the JPEG-LS codec), pydicom, numpy, scipy and
-#                 scikit-learn (the reference implementations the benchmarks compare
-#                 against)
-#   .cache/pip    pip's download cache, so a rebuilt venv needs no network
+#   .cache/venv        CMake (builds CharLS, the JPEG-LS codec); libtorch for tch, taken
+#                      from PyPI's torch wheel without its CUDA dependencies (Python
+#                      cannot import this torch; only the C++ libraries are used); and
+#                      pydicom, numpy, scipy and scikit-learn, the reference
+#                      implementations the benchmarks compare against
+#   .cache/pip         pip's download cache, so a rebuilt venv needs no network
+#
+# `scripts/setup.sh --torch-full` also creates .cache/torch-full: the complete torch
+# install (about 2.7 GB to download, 4.7 GB on disk). The PyTorch reference of
+# `lungstream bench infer` runs in it, and CUDA builds link against it.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache="$root/.cache"
 venv="$cache/venv"
-stamp="$venv/.lungstream-setup-v2"
+stamp="$venv/.lungstream-setup-v3"
 
 # Pinned so that every machine builds and benchmarks against the same tools.
 python_packages=(cmake==4.4.5 pydicom==3.0.2 numpy==2.4.6 scipy==1.17.1 scikit-learn==1.9.1)
+# torch 2.13.0 is the libtorch that tch 0.26 binds (Cargo.toml pins them together). Its CPU
+# library still links the CUDA runtime and CUPTI, hence the two small wheels.
+torch_cpu=(torch==2.13.0 nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85)
+pip_flags=(--quiet --cache-dir "$cache/pip" --disable-pip-version-check)
+
+if [[ "${1:-}" == "--torch-full" ]]; then
+    full="$cache/torch-full"
+    if [[ ! -f "$full/.lungstream-torch-full-v1" ]]; then
+        echo "setup: creating $full with torch==2.13.0 and its CUDA libraries" >&2
+        rm -rf "$full"
+        python3 -m venv "$full"
+        "$full/bin/pip" install "${pip_flags[@]}" torch==2.13.0 numpy==2.4.6 safetensors==0.7.0
+        touch "$full/.lungstream-torch-full-v1"
+    fi
+    shift
+fi
 
 if [[ -f "$stamp" ]]; then
     exit 0
@@ -38,6 +60,6 @@ fi
 echo "setup: creating $venv with ${python_packages[*]}" >&2
 rm -rf "$venv"
 python3 -m venv "$venv"
-"$venv/bin/pip" install --quiet --cache-dir "$cache/pip" --disable-pip-version-check \
-    "${python_packages[@]}"
+"$venv/bin/pip" install "${pip_flags[@]}" "${python_packages[@]}"
+"$venv/bin/pip" install "${pip_flags[@]}" --no-deps "${torch_cpu[@]}"
 touch "$stamp"

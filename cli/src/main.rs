@@ -11,15 +11,17 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod analyze;
 mod bench;
 mod inspect;
+mod model;
 mod phantom;
 
 #[derive(Parser)]
 #[command(
     name = "lungstream",
     version,
-    about = "Chest CT (DICOM) reading for COVID-19 pneumonia analysis: inspect series, write phantoms, benchmark"
+    about = "Chest CT (DICOM) analysis for COVID-19 pneumonia: analyse series, inspect folders, write phantoms, benchmark"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -28,10 +30,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Analyse a chest CT series: read, preprocess, run both networks, and write
+    /// report.json, report.html and overlay images of the worst slices.
+    Analyze(analyze::AnalyzeArgs),
     /// List the CT series found under the given files and folders: which stack would be
     /// analysed, the other candidates, and why other files were skipped. Exits with
     /// status 3 when nothing can be analysed.
     Inspect(inspect::InspectArgs),
+    /// Write initial weights or show a model file's card.
+    Model(model::ModelArgs),
     /// Write a synthetic chest CT series as DICOM files, with its ground truth as JSON.
     Phantom(phantom::PhantomArgs),
     /// Measure a stage's speed against a reference implementation in the same run.
@@ -45,7 +52,9 @@ fn main() -> ExitCode {
     std::panic::set_hook(Box::new(|info| tracing::error!("Internal error: {info}")));
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Analyze(args) => analyze::run(&args),
         Command::Inspect(args) => inspect::run(&args),
+        Command::Model(args) => model::run(&args),
         Command::Phantom(args) => phantom::run(&args),
         Command::Bench(args) => bench::run(&args),
     };
@@ -58,13 +67,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr; `LUNGSTREAM_LOG` (or `RUST_LOG`) sets the filter. By default only
-/// errors of the DICOM crates show: they warn about every odd attribute they tolerate,
-/// and the reader reports what matters as reason codes.
+/// Logs to stderr; `LUNGSTREAM_LOG` (or `RUST_LOG`) sets the filter. By default the
+/// command's own steps show at info level. Of the DICOM crates only errors show: they
+/// warn about every odd attribute they tolerate, and the reader reports what matters as
+/// reason codes.
 fn init_logging() {
     let filter = std::env::var("LUNGSTREAM_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "warn,dicom_parser=error,dicom_object=error,dicom_encoding=error".to_string());
+        .unwrap_or_else(|_| "warn,lungstream=info,dicom_parser=error,dicom_object=error,dicom_encoding=error".to_string());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)

@@ -1,9 +1,11 @@
 //! Types shared by every lungstream stage: the stable reason codes that record why an input
-//! was rejected.
+//! was rejected, and the report format ([`report`]).
 //!
 //! A reason code is part of the public contract: it appears in dead-letter events, in
 //! reports ("rejected: not_axial") and as a metric label, so analysts and alerting rules
 //! match on it. Codes are only ever added, never renamed or reused.
+
+pub mod report;
 
 use std::fmt;
 
