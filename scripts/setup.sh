@@ -3,11 +3,11 @@
 # fresh Debian machine with a Rust toolchain and Python 3 can build and test lungstream.
 # Safe to run again: it does nothing when everything is already there.
 #
-#   .cache/venv        CMake (builds CharLS, the JPEG-LS codec); libtorch for tch, taken
-#                      from PyPI's torch wheel without its CUDA dependencies (Python
-#                      cannot import this torch; only the C++ libraries are used); and
+#   .cache/venv        CMake, which builds CharLS (the JPEG-LS codec). libtorch for tch,
+#                      from PyPI's torch wheel without its CUDA dependencies: Python
+#                      cannot import this torch, only its C++ libraries are used.
 #                      pydicom, numpy, scipy and scikit-learn, the reference
-#                      implementations the benchmarks compare against
+#                      implementations the benchmarks compare against.
 #   .cache/pip         pip's download cache, so a rebuilt venv needs no network
 #
 # `scripts/setup.sh --torch-full` also creates .cache/torch-full: the complete torch

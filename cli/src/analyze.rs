@@ -24,13 +24,13 @@ pub struct AnalyzeArgs {
     #[arg(long, default_value = "lungstream-report")]
     out: PathBuf,
     /// Model file (safetensors with a model card). Without it the networks get
-    /// deterministic untrained weights, and every output says so.
+    /// deterministic untrained weights, and every output warns about it.
     #[arg(long)]
     model: Option<PathBuf>,
     /// Widths of the untrained networks used without --model: narrow or full.
     #[arg(long, default_value = "narrow")]
     config: String,
-    /// Where the networks run: auto (CUDA when available), cpu or cuda.
+    /// Device of the networks: auto (CUDA when available), cpu or cuda.
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
     /// Lobes per forward pass.

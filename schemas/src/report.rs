@@ -84,7 +84,7 @@ pub struct SeriesSummary {
     pub background_plausible: bool,
 }
 
-/// Which weights produced the result, and where they ran.
+/// Identity of the weights that produced the result, and their device.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSummary {
@@ -175,7 +175,7 @@ pub struct Timings {
     pub total: u64,
 }
 
-/// The JSON Schema of [`Report`], pretty-printed with a final newline.
+/// Generates the JSON Schema of [`Report`], pretty-printed with a final newline.
 pub fn report_json_schema() -> String {
     let schema = schemars::schema_for!(Report);
     let mut text = serde_json::to_string_pretty(&schema).expect("a schema serialises");

@@ -20,7 +20,8 @@ pub struct LobeProbability {
     pub probability: f64,
 }
 
-/// The softened score `s_i` of every lobe (in the order given) and the scan probability.
+/// Computes the softened score `s_i` of every lobe (in the order given) and the scan
+/// probability.
 ///
 /// # Panics
 ///
@@ -44,8 +45,8 @@ pub fn aggregate(lobes: &[LobeProbability]) -> (Vec<f64>, f64) {
     (softened, scan)
 }
 
-/// Diseased when P(diseased) > 0.5, then COVID-19 when P(COVID) > 0.5, else other
-/// disease; healthy otherwise.
+/// Decides the scan: diseased when P(diseased) > 0.5, then COVID-19 when P(COVID) > 0.5,
+/// else other disease. Healthy otherwise.
 pub fn decide(p_diseased: f64, p_covid: f64) -> Decision {
     if p_diseased <= DECISION_THRESHOLD {
         Decision::Healthy
@@ -72,7 +73,7 @@ mod tests {
     }
 
     #[test]
-    fn aggregation_table() {
+    fn softened_scores_table() {
         // (lobes on the right side as (slice, p), expected softened scores, expected scan).
         let cases: &[(&[(usize, f64)], &[f64], f64)] = &[
             // An isolated high slice is suppressed: both neighbours are low.
@@ -100,9 +101,9 @@ mod tests {
     }
 
     #[test]
-    fn sides_are_aggregated_separately_and_the_maximum_wins() {
-        // Left has a run of two at 0.6; right alternates sides on the same slices, so a
-        // high right lobe next to a high left lobe is not a run.
+    fn sides_aggregate_separately() {
+        // The left side has a run of two at 0.6. The high right lobe on slice 0 touches
+        // only a left lobe, so it is not a run and the maximum is 0.6.
         let lobes = vec![
             LobeProbability { slice: 0, side: Side::Right, probability: 0.9 },
             LobeProbability { slice: 1, side: Side::Left, probability: 0.9 },
@@ -114,7 +115,7 @@ mod tests {
     }
 
     #[test]
-    fn decisions() {
+    fn decision_thresholds() {
         assert_eq!(decide(0.5, 0.9), Decision::Healthy);
         assert_eq!(decide(0.51, 0.9), Decision::Covid19);
         assert_eq!(decide(0.9, 0.5), Decision::OtherDisease);
@@ -123,7 +124,7 @@ mod tests {
 
     #[test]
     #[should_panic(expected = "two lobes on slice 1")]
-    fn duplicate_lobes_are_a_bug() {
+    fn duplicate_lobes_panic() {
         aggregate(&right(&[(1, 0.5), (1, 0.6)]));
     }
 }

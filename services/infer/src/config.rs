@@ -1,6 +1,6 @@
 //! Widths of the two lobe networks. `full` is the method's VGG-16 prefix with a vicinity
-//! U-Net and heads sized to match it; `narrow` keeps every layer and connection but
-//! divides the widths so that CPU tests run a whole series in seconds.
+//! U-Net and heads sized to match it. `narrow` keeps every layer and connection but
+//! divides the widths, so CPU tests run a whole series in seconds.
 
 use serde::{Deserialize, Serialize};
 
@@ -34,7 +34,7 @@ impl NetworkConfig {
         }
     }
 
-    /// The preset's name when these widths are one, else `custom`.
+    /// Returns the preset's name when these widths are one, else `custom`.
     pub fn name(&self) -> &'static str {
         if *self == NetworkConfig::FULL {
             "full"

@@ -41,7 +41,7 @@ impl SplitMix64 {
         z ^ (z >> 31)
     }
 
-    /// A uniform value in (0, 1].
+    /// Draws a uniform value in (0, 1].
     fn unit(&mut self) -> f64 {
         ((self.next() >> 11) + 1) as f64 / (1u64 << 53) as f64
     }
@@ -52,14 +52,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn same_name_and_seed_give_the_same_values() {
+    fn same_name_same_values() {
         assert_eq!(scaled_normal(7, "a.weight", 5, 1.0), scaled_normal(7, "a.weight", 5, 1.0));
         assert_ne!(scaled_normal(7, "a.weight", 5, 1.0), scaled_normal(7, "b.weight", 5, 1.0));
         assert_ne!(scaled_normal(7, "a.weight", 5, 1.0), scaled_normal(8, "a.weight", 5, 1.0));
     }
 
     #[test]
-    fn values_have_the_requested_spread() {
+    fn values_have_requested_spread() {
         let values = scaled_normal(1, "w", 100_000, 0.5);
         let mean = values.iter().map(|&v| f64::from(v)).sum::<f64>() / values.len() as f64;
         let var = values.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / values.len() as f64;

@@ -30,13 +30,13 @@ pub use crate::model::{DeviceChoice, Model, ModelCard, ModelError};
 #[cfg(feature = "torch")]
 pub use crate::run::{batch_tensors, infer_series, run_batch, BatchOutput, InferOptions, DEFAULT_BATCH};
 
-/// What the networks say about one lobe.
+/// Network outputs for one lobe.
 #[derive(Clone, Debug)]
 pub struct LobeResult {
     pub slice: usize,
     pub side: Side,
     pub position_mm: f64,
-    /// Where the crop came from in the slice.
+    /// Source box of the crop in the slice.
     pub crop_box: CropBox,
     /// P(diseased) of the lobe and its softened score (§5).
     pub p_diseased: f64,

@@ -1,7 +1,7 @@
 //! Infection maps and infected volume (method.md §6).
 //!
 //! The coarse map gives each pixel of the 256×256 crop the largest probability of the
-//! 36×36 coarse patches that cover it (stride 8, overlap 28); the fine map does the same
+//! 36×36 coarse patches that cover it (stride 8, overlap 28). The fine map does the same
 //! with the 6×6 fine patches (stride 2, overlap 4). A lung pixel is infected when both
 //! maps exceed 0.5.
 
@@ -55,12 +55,12 @@ fn patch_maximum(values: &[f32], grid: usize, range: fn(usize) -> Range<usize>) 
     map
 }
 
-/// The coarse map: 32×32 patch probabilities spread onto the crop's pixels.
+/// Spreads 32×32 coarse patch probabilities onto the crop's pixels.
 pub fn coarse_pixel_map(coarse: &[f32]) -> Vec<f32> {
     patch_maximum(coarse, COARSE_GRID, coarse_patch_range)
 }
 
-/// The fine map: 128×128 patch probabilities spread onto the crop's pixels.
+/// Spreads 128×128 fine patch probabilities onto the crop's pixels.
 pub fn fine_pixel_map(fine: &[f32]) -> Vec<f32> {
     patch_maximum(fine, FINE_GRID, fine_patch_range)
 }
@@ -79,8 +79,8 @@ pub fn infection_mask(coarse: &[f32], fine: &[f32], lung: &Mask) -> Mask {
 }
 
 /// Infected pixels of the full-resolution slice that `infected_crop` crop pixels stand
-/// for. A crop scaled down by `s` holds about `s²` times fewer lung pixels than the
-/// slice; the ratio of the slice's lung pixels to the crop's counts that exactly.
+/// for. A crop scaled down by `s` contains about `s²` times fewer lung pixels than the
+/// slice, so the count is multiplied by the slice's lung pixels over the crop's.
 pub fn infected_slice_pixels(infected_crop: usize, lung_crop: usize, lung_slice: u32) -> f64 {
     if lung_crop == 0 {
         return 0.0;
@@ -130,9 +130,9 @@ mod tests {
     }
 
     #[test]
-    fn both_maps_and_the_lung_must_agree() {
-        // Coarse says the whole crop is infected; fine marks one 6×6 patch at cell (50, 60),
-        // pixels 98..104 × 118..124; the lung covers columns 120.. only.
+    fn infection_needs_both_maps_and_lung() {
+        // The coarse map marks the whole crop. The fine map marks one 6×6 patch at cell
+        // (50, 60), pixels 98..104 × 118..124. The lung covers columns 120.. only.
         let coarse = vec![0.9f32; COARSE_GRID * COARSE_GRID];
         let mut fine = vec![0.1f32; FINE_GRID * FINE_GRID];
         fine[50 * FINE_GRID + 60] = 0.7;
@@ -144,7 +144,10 @@ mod tests {
         }
         let infected = infection_mask(&coarse, &fine, &lung);
         assert_eq!(infected.count(), 6 * 4);
-        assert!(infected.get(98, 120) && infected.get(103, 123) && !infected.get(98, 119) && !infected.get(104, 120));
+        assert!(infected.get(98, 120));
+        assert!(infected.get(103, 123));
+        assert!(!infected.get(98, 119));
+        assert!(!infected.get(104, 120));
 
         // With a coarse map below threshold nothing is infected.
         let infected = infection_mask(&vec![0.5; COARSE_GRID * COARSE_GRID], &fine, &lung);
@@ -153,7 +156,7 @@ mod tests {
 
     #[test]
     fn scaled_crops_count_slice_pixels() {
-        // A crop at scale 0.5 holds a quarter of the slice's lung pixels.
+        // A crop at scale 0.5 contains a quarter of the slice's lung pixels.
         assert_eq!(infected_slice_pixels(100, 1000, 4000), 400.0);
         assert_eq!(infected_slice_pixels(100, 1000, 1000), 100.0);
         assert_eq!(infected_slice_pixels(5, 0, 0), 0.0);

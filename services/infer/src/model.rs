@@ -1,5 +1,5 @@
 //! A model: the diseased-vs-healthy and the COVID-vs-other networks, their weights in one
-//! safetensors file, and the model card that says what the weights are.
+//! safetensors file, and the model card that describes the weights.
 //!
 //! File layout: float32 tensors named `diseased.…` and `covid.…` (the variable names of
 //! [`LobeNetwork`]), and two metadata entries: `format` ([`MODEL_FORMAT`]) and
@@ -29,7 +29,7 @@ pub const MAX_MODEL_BYTES: u64 = 2 << 30;
 /// Seed of the initial weights used when no model file is given.
 pub const DEFAULT_SEED: u64 = 20_201_123;
 
-/// What a set of weights is and where it came from.
+/// Description of a set of weights and of their origin.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelCard {
@@ -69,10 +69,10 @@ pub enum ModelError {
     Torch(#[from] tch::TchError),
 }
 
-/// Where the networks run.
+/// Device choice for the networks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceChoice {
-    /// CUDA when libtorch sees a device, else the CPU.
+    /// CUDA when libtorch finds a device, else the CPU.
     Auto,
     Cpu,
     Cuda,
@@ -92,19 +92,19 @@ impl std::str::FromStr for DeviceChoice {
 }
 
 impl DeviceChoice {
-    /// The device to use, with the reason for the choice.
+    /// Returns the device to use, with the reason for the choice.
     ///
     /// # Errors
     ///
-    /// [`ModelError::CudaUnavailable`] when CUDA is requested and libtorch sees no device.
+    /// [`ModelError::CudaUnavailable`] when CUDA is requested and libtorch finds no device.
     pub fn resolve(self) -> Result<(Device, &'static str), ModelError> {
         let cuda = tch::Cuda::is_available();
         match self {
             DeviceChoice::Cpu => Ok((Device::Cpu, "cpu requested")),
             DeviceChoice::Cuda if cuda => Ok((Device::Cuda(0), "cuda requested and available")),
             DeviceChoice::Cuda => Err(ModelError::CudaUnavailable),
-            DeviceChoice::Auto if cuda => Ok((Device::Cuda(0), "auto: libtorch sees a CUDA device")),
-            DeviceChoice::Auto => Ok((Device::Cpu, "auto: libtorch sees no CUDA device")),
+            DeviceChoice::Auto if cuda => Ok((Device::Cuda(0), "auto: libtorch finds a CUDA device")),
+            DeviceChoice::Auto => Ok((Device::Cpu, "auto: libtorch finds no CUDA device")),
         }
     }
 }
@@ -121,8 +121,8 @@ pub struct Model {
 }
 
 impl Model {
-    /// A model with deterministic initial weights (He initialisation from `seed`): the
-    /// networks run, but their outputs mean nothing until trained.
+    /// Creates a model with deterministic initial weights (He initialisation from `seed`).
+    /// The networks run, but their outputs mean nothing until trained.
     pub fn initialised(config: NetworkConfig, seed: u64) -> Result<Model, ModelError> {
         config.validate().map_err(ModelError::Config)?;
         let card = ModelCard {
@@ -245,7 +245,7 @@ impl Model {
         self.vs.variables().values().map(Tensor::numel).map(|n| n as i64).sum()
     }
 
-    /// Every variable, sorted by name.
+    /// Returns every variable, sorted by name.
     pub fn named_tensors(&self) -> BTreeMap<String, Tensor> {
         self.vs.variables().into_iter().collect()
     }

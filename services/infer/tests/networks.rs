@@ -8,7 +8,8 @@ use lungstream_infer::{Model, ModelError, NetworkConfig};
 use safetensors::SafeTensors;
 use tch::{Kind, Tensor};
 
-/// A deterministic batch: `b` lobes of smooth patterns in 0..1, with distances 0..31.
+/// Builds a deterministic batch: `b` lobes of smooth patterns in 0..1, with distances
+/// 0..31.
 fn inputs(b: i64) -> (Tensor, Tensor) {
     let lobes = Tensor::arange(b * 3 * 256 * 256, (Kind::Float, tch::Device::Cpu)).view([b, 3, 256, 256]);
     let lobes = (lobes / 977.0).sin().abs();
@@ -23,7 +24,7 @@ fn in_unit_interval(t: &Tensor) -> bool {
 }
 
 #[test]
-fn output_shapes_of_both_networks_and_configurations() {
+fn network_output_shapes() {
     for (config, b) in [(NetworkConfig::NARROW, 3), (NetworkConfig::FULL, 1)] {
         let model = Model::initialised(config, 5).unwrap();
         let (lobes, distance) = inputs(b);
@@ -40,12 +41,13 @@ fn output_shapes_of_both_networks_and_configurations() {
         let covid = model.covid.forward(&lobes, &distance);
         assert_eq!(covid.probability.size(), [b]);
         assert_eq!(covid.attention.size(), [b, 32, 32]);
-        assert!(covid.coarse.is_none() && covid.fine.is_none(), "the COVID network has no infection heads");
+        assert!(covid.coarse.is_none(), "the COVID network has no coarse head");
+        assert!(covid.fine.is_none(), "the COVID network has no fine decoder");
     }
 }
 
 #[test]
-fn each_lobe_of_a_batch_is_computed_on_its_own() {
+fn batch_lobes_are_independent() {
     let model = Model::initialised(NetworkConfig::NARROW, 5).unwrap();
     let (lobes, distance) = inputs(4);
     let _guard = tch::no_grad_guard();
@@ -75,7 +77,7 @@ fn initialisation_is_deterministic() {
 }
 
 #[test]
-fn weights_round_trip_through_safetensors() {
+fn weights_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.safetensors");
     let mut model = Model::initialised(NetworkConfig::NARROW, 3).unwrap();
@@ -87,9 +89,11 @@ fn weights_round_trip_through_safetensors() {
     let (lobes, distance) = inputs(2);
     let _guard = tch::no_grad_guard();
     let (x, y) = (model.diseased.forward(&lobes, &distance), loaded.diseased.forward(&lobes, &distance));
-    assert!(x.probability.equal(&y.probability) && x.fine.unwrap().equal(&y.fine.unwrap()));
+    assert!(x.probability.equal(&y.probability));
+    assert!(x.fine.unwrap().equal(&y.fine.unwrap()));
     let (x, y) = (model.covid.forward(&lobes, &distance), loaded.covid.forward(&lobes, &distance));
-    assert!(x.probability.equal(&y.probability) && x.attention.equal(&y.attention));
+    assert!(x.probability.equal(&y.probability));
+    assert!(x.attention.equal(&y.attention));
 }
 
 /// Rewrites a model file with other metadata and tensors.
@@ -108,7 +112,7 @@ fn rewrite(path: &std::path::Path, edit: impl FnOnce(&mut HashMap<String, String
 }
 
 #[test]
-fn damaged_or_foreign_model_files_are_refused_with_a_reason() {
+fn model_load_rejects_bad_files() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.safetensors");
     Model::initialised(NetworkConfig::NARROW, 3).unwrap().save(&good).unwrap();
@@ -129,7 +133,8 @@ fn damaged_or_foreign_model_files_are_refused_with_a_reason() {
         info.insert("format".into(), "someone-else-v3".into());
     });
     let error = Model::load(&foreign).unwrap_err().to_string();
-    assert!(error.contains("someone-else-v3") && error.contains(MODEL_FORMAT), "{error}");
+    assert!(error.contains("someone-else-v3"), "{error}");
+    assert!(error.contains(MODEL_FORMAT), "{error}");
 
     // A card that claims the full configuration over narrow tensors.
     let mismatched = copy("mismatched.safetensors");
@@ -163,7 +168,7 @@ fn damaged_or_foreign_model_files_are_refused_with_a_reason() {
 }
 
 #[test]
-fn cuda_request_without_a_device_is_an_error_and_auto_falls_back() {
+fn device_choice_without_cuda() {
     use lungstream_infer::DeviceChoice;
     if tch::Cuda::is_available() {
         return;

@@ -1,5 +1,5 @@
-//! Infected volume on phantom lungs with known answers: maps that mark one whole side
-//! must give that side's lung, at any crop scale.
+//! Infected volume on phantom lungs with known truth: maps that mark one whole side must
+//! give that side's lung, at any crop scale.
 
 use lungstream_dicom::{read_volume, ReaderConfig};
 use lungstream_infer::maps::{infected_slice_pixels, infection_mask};
@@ -16,7 +16,7 @@ fn phantom(spec: &PhantomSpec) -> (PreprocessedSeries, lungstream_phantom::Groun
     (preprocess(&volume, &Default::default()).unwrap(), truth)
 }
 
-/// Lobe results whose maps say `probability` everywhere on the lobes of `infected_side`
+/// Builds lobe results whose maps give `probability` everywhere on the lobes of `infected_side`
 /// and 0.1 elsewhere.
 fn results(series: &PreprocessedSeries, infected_side: Side, probability: f32) -> Vec<LobeResult> {
     series
@@ -79,13 +79,13 @@ fn check_right_side_infected(spec: &PhantomSpec, expect_scaled: bool) {
 }
 
 #[test]
-fn a_fully_infected_right_lung_is_its_share_of_the_lungs() {
+fn volume_of_infected_right_lung() {
     let spec = PhantomSpec { slices: 12, slice_spacing_mm: 10.0, ..PhantomSpec::preset(Label::Healthy, 4) };
     check_right_side_infected(&spec, false);
 }
 
 #[test]
-fn scaled_crops_count_full_resolution_voxels() {
+fn volume_with_scaled_crops() {
     // 0.35 mm pixels on a 1024 matrix: each lung spans more than 256 pixels, so its crop
     // is scaled down.
     let spec = PhantomSpec { slices: 6, slice_spacing_mm: 20.0, ..PhantomSpec::preset(Label::Healthy, 4).with_matrix(1024, 1024, 0.35) };

@@ -35,7 +35,7 @@ fn side_row(out: &mut String, label: &str, values: &PerSide, digits: usize) {
     let _ = write!(out, "<tr><td>{}</td><td>{:.*}</td><td>{:.*}</td><td>{:.*}</td></tr>", escape(label), digits, values.right, digits, values.left, digits, values.total);
 }
 
-/// The page of a rendered report.
+/// Renders the page of a report.
 pub fn render_html(rendered: &RenderedReport) -> String {
     let r: &Report = &rendered.report;
     let untrained = if r.model.trained { String::new() } else { " <span class=\"untrained\">(untrained model: meaningless)</span>".to_string() };

@@ -16,10 +16,10 @@ use lungstream_schemas::report::{Infection, LobeScores, ModelFree, ModelSummary,
 
 pub use crate::overlay::{render_overlay, RgbImage};
 
-/// How many worst slices get an overlay when the caller does not say.
+/// Default number of worst slices drawn as overlays.
 pub const DEFAULT_WORST_SLICES: usize = 4;
 
-/// What a report is made of.
+/// Inputs of a report.
 pub struct ReportInputs<'a> {
     pub volume: &'a CtVolume,
     pub facts: &'a SeriesFacts,
@@ -73,6 +73,7 @@ pub fn build_report(inputs: &ReportInputs) -> RenderedReport {
             overlay: name,
         });
     }
+
     let mut warnings = Vec::new();
     if !inputs.model.trained {
         warnings.push(untrained_warning(&inputs.model));
@@ -83,6 +84,7 @@ pub fn build_report(inputs: &ReportInputs) -> RenderedReport {
             facts.background_median_hu
         ));
     }
+
     let mf = &facts.model_free;
     let report = Report {
         schema_version: REPORT_SCHEMA_VERSION.to_string(),

@@ -54,7 +54,7 @@ pub fn lung_window(hu: i16) -> u8 {
     ((f64::from(hu) - low) / (high - low) * 255.0).round().clamp(0.0, 255.0) as u8
 }
 
-/// A blue–cyan–yellow–red colour for a weight in 0..1.
+/// Maps a weight in 0..1 to a blue–cyan–yellow–red colour.
 pub fn heat(value: f64) -> [f64; 3] {
     let v = value.clamp(0.0, 1.0);
     let stops = [[0.0, 0.0, 255.0], [0.0, 255.0, 255.0], [255.0, 255.0, 0.0], [255.0, 0.0, 0.0]];
