@@ -27,9 +27,9 @@ pub struct AnalyzeArgs {
     /// deterministic untrained weights, and every output warns about it.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Widths of the untrained networks used without --model: narrow or full.
-    #[arg(long, default_value = "narrow")]
-    config: String,
+    /// Widths of the untrained networks used without --model: narrow (default) or full.
+    #[arg(long, conflicts_with = "model")]
+    config: Option<String>,
     /// Device of the networks: auto (CUDA when available), cpu or cuda.
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
@@ -57,12 +57,15 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<ExitCode> {
     crate::check_inputs(&args.paths)?;
     let started = Instant::now();
     let mut timings = Timings::default();
+    // The output folder is checked first: a bad --out should fail before minutes of work.
+    lungstream_report::prepare_output(&args.out)?;
 
     // Model first: a bad --model should fail before minutes of reading.
     let mut model = match &args.model {
         Some(path) => Model::load(path).with_context(|| format!("cannot use model {}", path.display()))?,
         None => {
-            let config = NetworkConfig::preset(&args.config).with_context(|| format!("unknown configuration {:?}: expected narrow or full", args.config))?;
+            let name = args.config.as_deref().unwrap_or("narrow");
+            let config = NetworkConfig::preset(name).with_context(|| format!("unknown configuration {name:?}: expected narrow or full"))?;
             Model::initialised(config, lungstream_infer::model::DEFAULT_SEED)?
         }
     };
@@ -85,7 +88,8 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<ExitCode> {
         Ok(volume) => volume,
         Err(error) => {
             spinner.finish_and_clear();
-            eprintln!("error: nothing to analyse: {error} (reason: {})", error.reason());
+            eprintln!("error: nothing to analyse: {error}; reason code {}", error.reason());
+            eprintln!("hint: `lungstream inspect PATH` lists every file that was skipped, with its reason code");
             return Ok(ExitCode::from(NOT_ANALYSABLE));
         }
     };
@@ -99,7 +103,7 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<ExitCode> {
         Ok(series) => series,
         Err(error) => {
             spinner.finish_and_clear();
-            eprintln!("error: cannot preprocess the series: {error} (reason: {})", error.reason());
+            eprintln!("error: cannot preprocess the series: {error}; reason code {}", error.reason());
             return Ok(ExitCode::from(NOT_ANALYSABLE));
         }
     };
@@ -112,7 +116,17 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<ExitCode> {
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} lobes, {eta} left").expect("a valid template").progress_chars("=> "),
     );
     bar.set_message("networks");
-    let inference = infer_series(&model, &series, InferOptions { batch: args.batch }, &mut |done| bar.set_position(done as u64))?;
+    let total = series.lobes.len();
+    let mut logged_quarter = 0;
+    let inference = infer_series(&model, &series, InferOptions { batch: args.batch }, &mut |done| {
+        bar.set_position(done as u64);
+        // Without a terminal the bar is hidden, so each finished quarter is logged.
+        let quarter = 4 * done / total.max(1);
+        if quarter > logged_quarter && bar.is_hidden() {
+            logged_quarter = quarter;
+            tracing::info!(done, total, "Networks running.");
+        }
+    })?;
     bar.finish_and_clear();
     timings.infer = millis(clock);
     tracing::info!(lobes = series.lobes.len(), ms = timings.infer, "Networks done.");
@@ -182,15 +196,19 @@ fn print_summary(r: &Report, out: &std::path::Path) {
         "infected (model-free, -700..100 HU): {:.2}% (ground glass {:.2}%, consolidation {:.2}%)",
         r.model_free.infected_percent.total, r.model_free.ground_glass_percent.total, r.model_free.consolidation_percent.total
     );
-    let worst: Vec<String> = r.worst_slices.iter().map(|s| format!("{} ({:.0} mm²)", s.slice, s.infected_mm2)).collect();
-    println!("worst slices: {}", worst.join(", "));
+    let worst: Vec<String> = r.worst_slices.iter().map(|s| format!("{} at {:.1} mm ({:.0} mm²)", s.slice, s.position_mm, s.infected_mm2)).collect();
+    if !worst.is_empty() {
+        // Indices count from the feet, so they differ from Instance Numbers.
+        println!("worst slices (index from the feet, from 0): {}", worst.join(", "));
+    }
     for warning in &r.warnings {
         println!("warning: {warning}");
     }
     println!(
-        "report: {} ({} overlay images); {:.1} s in all",
+        "report: {} ({} overlay image{}); {:.1} s in all",
         out.join("report.html").display(),
         r.worst_slices.len(),
+        if r.worst_slices.len() == 1 { "" } else { "s" },
         r.timings_ms.total as f64 / 1000.0
     );
 }

@@ -131,6 +131,10 @@ fn analyze_saved_model_repeats() {
     let init = lungstream(&["model", "init", "--out", &path("model.safetensors"), "--seed", "9"]);
     assert!(init.status.success(), "{}", text(&init.stderr));
 
+    // An overlay of an earlier series in the output folder is removed.
+    std::fs::create_dir(dir.path().join("a")).unwrap();
+    std::fs::write(dir.path().join("a/slice-9999.png"), b"old").unwrap();
+
     let mut reports = Vec::new();
     for run in ["a", "b"] {
         let output = lungstream(&["analyze", &path("ct"), "--out", &path(run), "--model", &path("model.safetensors"), "--json", "--batch", "3"]);
@@ -140,6 +144,11 @@ fn analyze_saved_model_repeats() {
         assert_eq!(printed.lobes, written.lobes);
         reports.push(written);
     }
+    assert!(!dir.path().join("a/slice-9999.png").exists(), "a stale overlay was kept");
+    for slice in &reports[0].worst_slices {
+        assert!(dir.path().join("a").join(&slice.overlay).is_file());
+    }
+
     let show = lungstream(&["model", "show", &path("model.safetensors")]);
     let card: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
     assert_eq!(reports[0].model.version, card["version"].as_str().unwrap());
@@ -162,7 +171,7 @@ fn analyze_bad_input() {
     // Nothing analysable: exit 3 with the reason code, and no report.
     let output = lungstream(&["analyze", junk.to_str().unwrap(), "--out", out]);
     assert_eq!(output.status.code(), Some(3), "{}", text(&output.stderr));
-    assert!(text(&output.stderr).contains("reason: "), "{}", text(&output.stderr));
+    assert!(text(&output.stderr).contains("reason code "), "{}", text(&output.stderr));
     assert!(!Path::new(out).join("report.json").exists());
 
     // A path that does not exist.
@@ -176,6 +185,14 @@ fn analyze_bad_input() {
     let output = lungstream(&["analyze", junk.to_str().unwrap(), "--model", fake.to_str().unwrap(), "--out", out]);
     assert_eq!(output.status.code(), Some(1));
     assert!(text(&output.stderr).contains("is not a lungstream model"), "{}", text(&output.stderr));
+
+    // An output path that is a file fails before any work.
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"").unwrap();
+    let output = lungstream(&["analyze", junk.to_str().unwrap(), "--out", file.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stderr).contains("cannot write"), "{}", text(&output.stderr));
+    assert!(!text(&output.stderr).contains("Series read."), "{}", text(&output.stderr));
 
     // Unknown configuration and device.
     let output = lungstream(&["analyze", junk.to_str().unwrap(), "--config", "huge", "--out", out]);

@@ -51,7 +51,7 @@ pub struct ModelCard {
 /// Reasons a model cannot be made, loaded or saved.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("cannot read model file {path}: {source}")]
+    #[error("cannot read model file {path}")]
     Read { path: String, source: std::io::Error },
     #[error("model file {path} has {bytes} bytes, more than the limit of {limit}")]
     TooLarge { path: String, bytes: u64, limit: u64 },

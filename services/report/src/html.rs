@@ -67,7 +67,7 @@ pub fn render_html(rendered: &RenderedReport) -> String {
         let data = base64::engine::general_purpose::STANDARD.encode(png);
         let _ = write!(
             out,
-            "<figure><img alt=\"slice {}\" src=\"data:image/png;base64,{data}\"><figcaption>{}: slice {} at {:.1} mm, infected {:.0} mm² ({:.1}% of its lung), P(diseased) {:.3}{untrained}</figcaption></figure>",
+            "<figure><img alt=\"slice {}\" src=\"data:image/png;base64,{data}\"><figcaption>{}: slice index {} (from the feet, from 0) at {:.1} mm, infected {:.0} mm² ({:.1}% of its lung), P(diseased) {:.3}{untrained}</figcaption></figure>",
             slice.slice,
             escape(name),
             slice.slice,

@@ -40,7 +40,7 @@ pub struct RenderedReport {
 /// Sentence shown wherever probabilities appear when the weights are untrained.
 pub fn untrained_warning(model: &ModelSummary) -> String {
     format!(
-        "Model {} ({}) is untrained: its probabilities, decision and infected areas mean nothing. Load trained weights with --model.",
+        "Model {} ({}) is untrained: its probabilities, decision and infected areas mean nothing. Use a trained model file for real results.",
         model.id, model.version
     )
 }
@@ -138,19 +138,38 @@ pub fn build_report(inputs: &ReportInputs) -> RenderedReport {
 
 /// Reasons the report cannot be written.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot write {path}: {source}")]
+#[error("cannot write {path}")]
 pub struct WriteError {
     path: String,
     source: std::io::Error,
 }
 
+/// Checks that `dir` exists or can be created and accepts files, so a bad output folder
+/// fails before minutes of work.
+pub fn prepare_output(dir: &Path) -> Result<(), WriteError> {
+    let error = |path: &Path, source| WriteError { path: path.display().to_string(), source };
+    std::fs::create_dir_all(dir).map_err(|e| error(dir, e))?;
+    let probe = dir.join(".lungstream-write-check");
+    std::fs::write(&probe, b"").map_err(|e| error(&probe, e))?;
+    std::fs::remove_file(&probe).map_err(|e| error(&probe, e))
+}
+
 /// Writes `report.json`, the overlays and `report.html` into `dir` (created if needed).
+/// Overlays of an earlier report in the same folder (`slice-*.png`) are removed first,
+/// so images of two series never sit side by side.
 pub fn write_report(dir: &Path, rendered: &RenderedReport) -> Result<(), WriteError> {
     let write = |name: &str, bytes: &[u8]| {
         let path = dir.join(name);
         std::fs::write(&path, bytes).map_err(|source| WriteError { path: path.display().to_string(), source })
     };
-    std::fs::create_dir_all(dir).map_err(|source| WriteError { path: dir.display().to_string(), source })?;
+    prepare_output(dir)?;
+    let entries = std::fs::read_dir(dir).map_err(|source| WriteError { path: dir.display().to_string(), source })?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("slice-") && name.ends_with(".png") {
+            std::fs::remove_file(entry.path()).map_err(|source| WriteError { path: entry.path().display().to_string(), source })?;
+        }
+    }
     let json = serde_json::to_string_pretty(&rendered.report).expect("a report serialises");
     write("report.json", format!("{json}\n").as_bytes())?;
     for (name, png) in &rendered.overlays {
