@@ -20,7 +20,7 @@
 //! normalisation: the method names none, and without it inference is the plain graph.
 
 use tch::nn;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::config::NetworkConfig;
 use crate::init::{he_normal, scaled_normal};
@@ -157,6 +157,11 @@ impl VggPrefix {
         }
     }
 
+    /// Runs the three blocks. On the CPU (float32, libtorch built with oneDNN) they run on
+    /// oneDNN tensors in its blocked layout, and only the three pooled outputs are
+    /// converted back to dense tensors. The convolutions are the same oneDNN kernels as on
+    /// dense tensors, but a dense input makes libtorch reorder each convolution's input
+    /// and output between the layouts, with two fresh buffers of the activation's size.
     fn forward(&self, x: &Tensor) -> VggFeatures {
         let block = |convs: &[Conv], x: &Tensor| {
             let mut y = convs[0].forward_relu(x);
@@ -165,10 +170,17 @@ impl VggPrefix {
             }
             y.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)
         };
-        let block1 = block(&self.block1, x);
+        let blocked = x.device() == Device::Cpu && x.kind() == Kind::Float && tch::utils::has_mkldnn();
+        let input = if blocked { x.to_mkldnn() } else { x.shallow_clone() };
+        let block1 = block(&self.block1, &input);
         let block2 = block(&self.block2, &block1);
         let block3 = block(&self.block3, &block2);
-        VggFeatures { block1, block2, block3 }
+        if blocked {
+            let dense = |t: &Tensor| t.to_dense(None::<Kind>, false);
+            VggFeatures { block1: dense(&block1), block2: dense(&block2), block3: dense(&block3) }
+        } else {
+            VggFeatures { block1, block2, block3 }
+        }
     }
 }
 
