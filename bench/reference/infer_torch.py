@@ -18,8 +18,8 @@ with the same parameter names, so it loads the weights of a lungstream model fil
     python infer_torch.py MODEL.safetensors INPUT.npy DISTANCE.npy --out DIR
         [--threads N] [--repeat N | --serve]
 
-MODEL.safetensors holds float32 tensors named `diseased.…` and `covid.…`; the widths are
-read from their shapes. INPUT.npy is float32 [B, 3, 256, 256] in 0..1, DISTANCE.npy
+MODEL.safetensors contains float32 tensors named `diseased.…` and `covid.…`, and the
+widths are read from their shapes. INPUT.npy is float32 [B, 3, 256, 256] in 0..1, DISTANCE.npy
 float32 [B, 1, 32, 32] in crop pixels. Each repetition runs both networks on the batch
 and converts the outputs to numpy; loading is not timed. The outputs of the first
 repetition are written to DIR as p_diseased.npy [B], p_covid.npy [B], attention.npy
