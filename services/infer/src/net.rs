@@ -12,9 +12,9 @@
 //! 4. Coarse infection head: two 1×1 convolutions and a sigmoid per patch (32 × 32).
 //! 5. Fine decoder: from the patch features up to 64² and 128², with VGG's block 2 and
 //!    block 1 features as skips, then a sigmoid per 6×6 fine patch (128 × 128).
-//! 6. Attention head: two 1×1 convolutions and a sigmoid give each patch a weight; the
-//!    lobe feature is the weighted sum of patch features; one linear layer and a sigmoid
-//!    give the lobe's probability.
+//! 6. Attention head: two 1×1 convolutions and a sigmoid give each patch a weight. The
+//!    lobe feature is the weighted sum of patch features, and one linear layer with a
+//!    sigmoid gives the lobe's probability.
 //!
 //! Every convolution is followed by ReLU except the heads' last layers. There is no batch
 //! normalisation: the method names none, and without it inference is the plain graph.
@@ -47,7 +47,8 @@ impl<'a> Scope<'a> {
         Scope { path: self.path.sub(name), name: format!("{}.{name}", self.name), seed: self.seed }
     }
 
-    /// A variable initialised from a normal distribution with `std`, seeded by its name.
+    /// Creates a variable initialised from a normal distribution with `std`, seeded by its
+    /// name.
     fn normal(&self, name: &str, shape: &[i64], std: f64) -> Tensor {
         let full = format!("{}.{name}", self.name);
         let values = scaled_normal(self.seed, &full, shape.iter().product::<i64>() as usize, std);
@@ -248,7 +249,7 @@ impl FineDecoder {
     }
 }
 
-/// What a lobe network computes for a batch of lobes.
+/// Outputs of a lobe network for a batch of lobes.
 #[derive(Debug)]
 pub struct LobeOutput {
     /// Probability per lobe, `B`.

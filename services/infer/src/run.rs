@@ -35,7 +35,7 @@ pub struct BatchOutput {
     pub fine: Vec<f32>,
 }
 
-/// The network inputs of a batch of lobes: `B × 3 × 256 × 256` in 0..1 and the periphery
+/// Builds the network inputs of a batch of lobes: `B × 3 × 256 × 256` in 0..1 and the periphery
 /// distances `B × 1 × 32 × 32`.
 pub fn batch_tensors(lobes: &[&Lobe]) -> (Tensor, Tensor) {
     let pixels = CROP_SIZE * CROP_SIZE;

@@ -69,9 +69,9 @@ fn check_right_side_infected(spec: &PhantomSpec, expect_scaled: bool) {
     let ml = inference.infected_voxels.right * inference.voxel_ml;
     assert!((ml - series.facts.lung_volume_ml.right).abs() < 1e-6 * ml.max(1.0), "{ml} mL vs {} mL", series.facts.lung_volume_ml.right);
     assert!((ml - truth.lung_volume_ml.right).abs() < 0.05 * truth.lung_volume_ml.right, "{ml} mL vs truth {} mL", truth.lung_volume_ml.right);
-    // The worst slice is the one with the most right lung.
-    let most = series.lobes.iter().filter(|l| l.side == Side::Right).max_by_key(|l| l.lung_pixels).unwrap();
-    assert_eq!(inference.slices_by_severity[0].slice, most.slice);
+    // The worst slice is the one with the largest right lung.
+    let largest = series.lobes.iter().filter(|l| l.side == Side::Right).max_by_key(|l| l.lung_pixels).unwrap();
+    assert_eq!(inference.slices_by_severity[0].slice, largest.slice);
 
     // At exactly 0.5 nothing is infected: the threshold is strict.
     let none = summarise(results(&series, Side::Right, 0.5), series.facts.spacing_mm);
