@@ -142,6 +142,7 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<ExitCode> {
             config: card.config.name().to_string(),
             trained: card.trained,
             trained_on: card.trained_on.clone(),
+            research_only: card.research_only,
             device: device_name(device),
         },
         timings,

@@ -96,6 +96,9 @@ pub struct ModelSummary {
     /// False for initial weights, whose outputs mean nothing.
     pub trained: bool,
     pub trained_on: String,
+    /// True when the weights must not be used on patients (demo weights trained on
+    /// synthetic phantoms, or untrained ones).
+    pub research_only: bool,
     /// `cpu` or `cuda:N`.
     pub device: String,
 }

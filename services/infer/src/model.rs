@@ -46,6 +46,10 @@ pub struct ModelCard {
     /// Free text: intended use, evaluation results, limitations.
     #[serde(default)]
     pub notes: String,
+    /// True for weights that must not be used on patients, such as the demo weights
+    /// trained on synthetic phantoms; every report made with them says so.
+    #[serde(default)]
+    pub research_only: bool,
 }
 
 /// Reasons a model cannot be made, loaded or saved.
@@ -131,6 +135,7 @@ impl Model {
             config,
             trained: false,
             trained_on: format!("nothing: deterministic He initialisation from seed {seed}"),
+            research_only: true,
             notes: "Untrained weights. The probabilities, decision and infected areas they give mean nothing; use them to test the pipeline only.".into(),
         };
         let mut model = Model::build(card, seed);
@@ -153,13 +158,23 @@ impl Model {
     /// card's configuration, or its weights do not hash to the card's version.
     pub fn load(path: &Path) -> Result<Model, ModelError> {
         let name = path.display().to_string();
-        let invalid = |reason: String| ModelError::Invalid { path: name.clone(), reason };
         let bytes = std::fs::metadata(path).map_err(|source| ModelError::Read { path: name.clone(), source })?.len();
         if bytes > MAX_MODEL_BYTES {
             return Err(ModelError::TooLarge { path: name, bytes, limit: MAX_MODEL_BYTES });
         }
         let data = std::fs::read(path).map_err(|source| ModelError::Read { path: name.clone(), source })?;
-        let (_, metadata) = SafeTensors::read_metadata(&data).map_err(|e| invalid(format!("not a safetensors file ({e})")))?;
+        Model::from_bytes(&data, &name)
+    }
+
+    /// Loads a model from the bytes of a model file; `name` stands for it in errors.
+    ///
+    /// # Errors
+    ///
+    /// As [`Model::load`], except for reading.
+    pub fn from_bytes(data: &[u8], name: &str) -> Result<Model, ModelError> {
+        let name = name.to_string();
+        let invalid = |reason: String| ModelError::Invalid { path: name.clone(), reason };
+        let (_, metadata) = SafeTensors::read_metadata(data).map_err(|e| invalid(format!("not a safetensors file ({e})")))?;
         let info = metadata.metadata().clone().unwrap_or_default();
         match info.get("format") {
             Some(format) if format == MODEL_FORMAT => {}
@@ -169,7 +184,7 @@ impl Model {
         let card_json = info.get("model_card").ok_or_else(|| invalid("no model card in its metadata".into()))?;
         let card: ModelCard = serde_json::from_str(card_json).map_err(|e| invalid(format!("unreadable model card ({e})")))?;
         card.config.validate().map_err(|e| invalid(format!("model card: {e}")))?;
-        let tensors = SafeTensors::deserialize(&data).map_err(|e| invalid(format!("unreadable tensors ({e})")))?;
+        let tensors = SafeTensors::deserialize(data).map_err(|e| invalid(format!("unreadable tensors ({e})")))?;
 
         let model = Model::build(card, 0);
         let variables = model.vs.variables();
@@ -228,6 +243,11 @@ impl Model {
         Ok(())
     }
 
+    /// Marks the weights as not for use on patients (or lifts the mark).
+    pub fn set_research_only(&mut self, research_only: bool) {
+        self.card.research_only = research_only;
+    }
+
     /// Moves the weights to `device`; on CUDA they become half precision.
     pub fn to_device(&mut self, device: Device) {
         self.vs.set_device(device);
@@ -246,6 +266,12 @@ impl Model {
     }
 
     /// Returns every variable, sorted by name.
+    /// The variables of both networks, for an optimiser. Names start with `diseased.` or
+    /// `covid.`, e.g. `diseased.fine.out.weight`.
+    pub fn var_store(&self) -> &VarStore {
+        &self.vs
+    }
+
     pub fn named_tensors(&self) -> BTreeMap<String, Tensor> {
         self.vs.variables().into_iter().collect()
     }

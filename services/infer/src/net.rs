@@ -306,6 +306,12 @@ impl LobeNetwork {
     /// Runs the network. `lobes` is `B × 3 × 256 × 256`, `distance` `B × 1 × 32 × 32` in
     /// crop pixels; both are converted to the parameters' kind and device.
     pub fn forward(&self, lobes: &Tensor, distance: &Tensor) -> LobeOutput {
+        self.forward_parts(lobes, distance, true)
+    }
+
+    /// Like [`LobeNetwork::forward`], but runs the fine decoder only when `fine` is true:
+    /// the first training stage does not use the fine map.
+    pub fn forward_parts(&self, lobes: &Tensor, distance: &Tensor, fine: bool) -> LobeOutput {
         let (kind, device) = (self.classifier_weight.kind(), self.classifier_weight.device());
         let x = lobes.to_device(device).to_kind(kind);
         let distance = (distance.to_device(device).to_kind(kind) / DISTANCE_SCALE).to_kind(kind);
@@ -319,7 +325,7 @@ impl LobeNetwork {
             probability,
             attention,
             coarse: self.coarse.as_ref().map(|head| head.forward(&patches)),
-            fine: self.fine.as_ref().map(|decoder| decoder.forward(&patches, &vgg)),
+            fine: self.fine.as_ref().filter(|_| fine).map(|decoder| decoder.forward(&patches, &vgg)),
         }
     }
 }

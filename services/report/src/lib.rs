@@ -45,6 +45,14 @@ pub fn untrained_warning(model: &ModelSummary) -> String {
     )
 }
 
+/// Sentence of every report made with weights that are not for use on patients.
+pub fn research_only_warning(model: &ModelSummary) -> String {
+    format!(
+        "Model {} ({}) is for research and demonstration only, not for clinical use. Trained on: {}",
+        model.id, model.version, model.trained_on
+    )
+}
+
 fn per_side(sides: Sides<f64>) -> PerSide {
     PerSide { right: sides.right, left: sides.left, total: sides.right + sides.left }
 }
@@ -77,6 +85,8 @@ pub fn build_report(inputs: &ReportInputs) -> RenderedReport {
     let mut warnings = Vec::new();
     if !inputs.model.trained {
         warnings.push(untrained_warning(&inputs.model));
+    } else if inputs.model.research_only {
+        warnings.push(research_only_warning(&inputs.model));
     }
     if !facts.background_plausible {
         warnings.push(format!(
