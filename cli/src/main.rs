@@ -13,9 +13,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod analyze;
 mod bench;
+mod dataset;
 mod inspect;
 mod model;
 mod phantom;
+mod train;
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +45,14 @@ enum Command {
     Phantom(phantom::PhantomArgs),
     /// Measure a stage's speed against a reference implementation in the same run.
     Bench(bench::BenchArgs),
+    /// Train both networks from a manifest of scans labelled healthy, covid or other
+    /// (weak supervision: no lesion outlines needed).
+    Train(train::TrainArgs),
+    /// Evaluate a model on a manifest: accuracy, sensitivity, specificity, ROC AUC and
+    /// calibration per centre, as JSON, markdown and a ROC chart.
+    Evaluate(train::EvaluateArgs),
+    /// Write data sets for training and evaluation, with their manifests.
+    Dataset(dataset::DatasetArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +67,9 @@ fn main() -> ExitCode {
         Command::Model(args) => model::run(&args),
         Command::Phantom(args) => phantom::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Train(args) => train::run_train(&args),
+        Command::Evaluate(args) => train::run_evaluate(&args),
+        Command::Dataset(args) => dataset::run(&args),
     };
     match result {
         Ok(code) => code,

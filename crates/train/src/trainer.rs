@@ -1,0 +1,737 @@
+//! The two training stages of method.md §7.
+//!
+//! Stage 1 trains both networks (everything but the fine decoder) with Adam at 1e-4 on
+//! batches of 6 scans × 10 evenly spaced slices, and keeps the epoch with the best
+//! validation accuracy. Stage 2 freezes everything but the fine decoder and trains it with
+//! Adam at 1e-5 on batches of 14 scans × 2 slices.
+//!
+//! A run folder holds the split manifests (`train.csv`, `validation.csv`, `test.csv`,
+//! `heldout.csv`), `checkpoint.safetensors` and `state.json` after every epoch (for
+//! `--resume`), `best.safetensors`, `metrics.jsonl` (one line per epoch), `loss.png` and
+//! finally `model.safetensors`.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use lungstream_dicom::{Inventory, ReaderConfig};
+use lungstream_infer::{infer_series, InferOptions, Model, ModelError, NetworkConfig};
+use lungstream_preprocess::bundle::{decode_bundle, encode_bundle};
+use lungstream_preprocess::patches::{suspect_mask, InfectionBand};
+use lungstream_preprocess::{preprocess, Lobe, PreprocessConfig, PreprocessedSeries};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use tch::nn::OptimizerConfig;
+use tch::{nn, Kind, Tensor};
+
+use crate::labels::{balance_classes, coarse_targets, concordance_applies, evenly_spaced, fine_targets, noisy_label_weights, top_indices};
+use crate::loss::{concordance_loss, diseased_loss, lobe_loss, patch_loss};
+use crate::manifest::{split, Manifest, ManifestEntry, Split};
+use crate::plot::{self, Chart, Series}; 
+use crate::ScanLabel;
+
+/// Largest inflated bundle accepted when a cached scan is decoded.
+const MAX_BUNDLE_BYTES: u64 = 4 << 30;
+/// Prefix of the variables stage 2 trains.
+const FINE_PREFIX: &str = "diseased.fine.";
+
+/// Everything a training run needs besides the manifest.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainOptions {
+    pub config: NetworkConfig,
+    /// Seed of the initial weights, the split and the batch order.
+    pub seed: u64,
+    /// Stage 1 epochs (the paper: 500).
+    pub epochs: usize,
+    /// Stage 2 epochs.
+    pub fine_epochs: usize,
+    pub scans_per_batch: usize,
+    pub slices_per_scan: usize,
+    pub fine_scans_per_batch: usize,
+    pub fine_slices_per_scan: usize,
+    pub learning_rate: f64,
+    pub fine_learning_rate: f64,
+    /// Centres kept out of training, validation and test entirely.
+    pub holdout_centres: Vec<String>,
+    /// Uses at most this many training scans (quick runs and tests).
+    pub max_train_scans: Option<usize>,
+    /// Uses at most this many validation scans.
+    pub max_validation_scans: Option<usize>,
+}
+
+impl TrainOptions {
+    /// The paper's settings (§7) for a configuration, with `epochs` stage 1 epochs.
+    pub fn paper(config: NetworkConfig, epochs: usize, fine_epochs: usize) -> TrainOptions {
+        TrainOptions {
+            config,
+            seed: lungstream_infer::model::DEFAULT_SEED,
+            epochs,
+            fine_epochs,
+            scans_per_batch: 6,
+            slices_per_scan: 10,
+            fine_scans_per_batch: 14,
+            fine_slices_per_scan: 2,
+            learning_rate: 1e-4,
+            fine_learning_rate: 1e-5,
+            holdout_centres: Vec::new(),
+            max_train_scans: None,
+            max_validation_scans: None,
+        }
+    }
+}
+
+/// Describes the weights a run writes into `model.safetensors`.
+#[derive(Clone, Debug, Default)]
+pub struct CardText {
+    pub id: String,
+    pub trained_on: String,
+    pub notes: String,
+    /// Marks the weights as not for use on patients.
+    pub research_only: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{0}")]
+    Model(#[from] ModelError),
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("manifest: {0}")]
+    Manifest(#[from] crate::manifest::ManifestError),
+    #[error("no usable {part} scans: {detail}")]
+    NoScans { part: &'static str, detail: String },
+    #[error("cannot resume: {0}")]
+    Resume(String),
+    #[error("invalid options: {0}")]
+    Options(String),
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io { path: path.display().to_string(), source }
+}
+
+/// One scan ready for training: its preprocessed series kept as a compressed bundle
+/// (about a fifth of the raw size), the slices that have lungs, and its labels.
+pub struct TrainingScan {
+    pub label: ScanLabel,
+    pub centre: String,
+    pub series: PathBuf,
+    pub infected_percent: Option<f64>,
+    bundle: Vec<u8>,
+    slices: Vec<usize>,
+    band: Option<InfectionBand>,
+}
+
+impl TrainingScan {
+    fn from_series(entry: &ManifestEntry, series: &PreprocessedSeries) -> Result<TrainingScan, String> {
+        let mut slices: Vec<usize> = series.lobes.iter().map(|l| l.slice).collect();
+        slices.dedup();
+        Ok(TrainingScan {
+            label: entry.label,
+            centre: entry.centre.clone(),
+            series: entry.series.clone(),
+            infected_percent: entry.infected_percent,
+            bundle: encode_bundle(series).map_err(|e| e.to_string())?,
+            slices,
+            band: series.facts.infection_band,
+        })
+    }
+
+    /// The preprocessed series.
+    pub fn series(&self) -> PreprocessedSeries {
+        decode_bundle(&self.bundle, MAX_BUNDLE_BYTES).expect("a bundle this process encoded decodes")
+    }
+}
+
+/// Reads and preprocesses one series folder.
+///
+/// # Errors
+///
+/// The reader's or the preprocessing's message with its reason code.
+pub fn load_series(path: &Path) -> Result<PreprocessedSeries, String> {
+    let reader = ReaderConfig::default();
+    let mut inventory = Inventory::scan(&[path.to_path_buf()], &reader);
+    let volume = inventory.load_selected(&reader).map_err(|e| format!("{e} (reason code {})", e.reason()))?;
+    preprocess(&volume, &PreprocessConfig::default()).map_err(|e| format!("{e} (reason code {})", e.reason()))
+}
+
+/// Loads scans in parallel; a scan that cannot be read is logged with its reason and
+/// left out. `progress(done, total)` is called after each scan.
+pub fn load_scans(entries: &[ManifestEntry], progress: &(dyn Fn(usize, usize) + Sync)) -> (Vec<TrainingScan>, Vec<(PathBuf, String)>) {
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<Result<TrainingScan, (PathBuf, String)>> = entries
+        .par_iter()
+        .map(|entry| {
+            let scan = load_series(&entry.series).and_then(|series| TrainingScan::from_series(entry, &series));
+            progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1, entries.len());
+            scan.map_err(|reason| (entry.series.clone(), reason))
+        })
+        .collect();
+    let mut scans = Vec::new();
+    let mut failed = Vec::new();
+    for result in results {
+        match result {
+            Ok(scan) => scans.push(scan),
+            Err((path, reason)) => {
+                tracing::warn!(series = %path.display(), %reason, "Scan left out of training.");
+                failed.push((path, reason));
+            }
+        }
+    }
+    (scans, failed)
+}
+
+/// The lobes of the chosen slices of a scan, with each lobe's suspect mask.
+struct SampledLobes {
+    label: ScanLabel,
+    lobes: Vec<Lobe>,
+    suspect: Vec<lungstream_preprocess::image::Mask>,
+}
+
+fn sample(scan: &TrainingScan, count: usize, phase: f64) -> SampledLobes {
+    let picks: Vec<usize> = evenly_spaced(scan.slices.len(), count, phase).into_iter().map(|i| scan.slices[i]).collect();
+    let series = scan.series();
+    let lobes: Vec<Lobe> = series.lobes.into_iter().filter(|l| picks.binary_search(&l.slice).is_ok()).collect();
+    let suspect = lobes
+        .iter()
+        .map(|lobe| match &scan.band {
+            Some(band) => suspect_mask(&lobe.channels[1], &lobe.mask, band),
+            None => lungstream_preprocess::image::Mask::filled(lobe.mask.rows, lobe.mask.columns, false),
+        })
+        .collect();
+    SampledLobes { label: scan.label, lobes, suspect }
+}
+
+fn batch_input(samples: &[SampledLobes]) -> (Tensor, Tensor) {
+    let refs: Vec<&Lobe> = samples.iter().flat_map(|s| s.lobes.iter()).collect();
+    lungstream_infer::batch_tensors(&refs)
+}
+
+fn to_vec(t: &Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(&t.detach().to_kind(Kind::Float).flatten(0, -1)).expect("a float tensor converts")
+}
+
+/// Loss values of one batch or the mean over an epoch.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct LossValues {
+    pub total: f64,
+    pub lobe: f64,
+    pub concordance: f64,
+    pub patch: f64,
+    pub covid: f64,
+    pub fine: f64,
+}
+
+impl LossValues {
+    fn add(&mut self, other: &LossValues) {
+        self.total += other.total;
+        self.lobe += other.lobe;
+        self.concordance += other.concordance;
+        self.patch += other.patch;
+        self.covid += other.covid;
+        self.fine += other.fine;
+    }
+
+    fn scaled(&self, factor: f64) -> LossValues {
+        LossValues {
+            total: self.total * factor,
+            lobe: self.lobe * factor,
+            concordance: self.concordance * factor,
+            patch: self.patch * factor,
+            covid: self.covid * factor,
+            fine: self.fine * factor,
+        }
+    }
+}
+
+/// One stage 1 step: builds the targets and weights of §7 from the current predictions,
+/// and returns the loss to minimise with its parts.
+///
+/// The diseased network runs with autograd on every sampled lobe: the lobe term uses each
+/// scan's top 30%, the concordance term the lobes of healthy and COVID-19 scans, and the
+/// patch term every coarse patch. The COVID network's top 30% (of diseased scans only) are
+/// chosen on a pass without autograd and then run again with it; the loss is the same as
+/// with one pass, and the backward pass covers 30% of the lobes instead of all.
+fn stage1_loss(model: &Model, samples: &[&SampledLobes]) -> (Tensor, LossValues) {
+    let refs: Vec<&Lobe> = samples.iter().flat_map(|s| s.lobes.iter()).collect();
+    let (input, distance) = lungstream_infer::batch_tensors(&refs);
+    let out = model.diseased.forward_parts(&input, &distance, false);
+    let coarse = out.coarse.as_ref().expect("the diseased network has infection heads");
+    let p = to_vec(&out.probability);
+    let coarse_values = to_vec(coarse);
+
+    // Lobe targets (top 30% per scan) and the concordance scope.
+    let mut selected = Vec::new();
+    let mut selected_targets = Vec::new();
+    let mut concordant = Vec::new();
+    let mut patch_targets = Vec::with_capacity(coarse_values.len());
+    let mut start = 0;
+    for sample in samples {
+        let n = sample.lobes.len();
+        for i in top_indices(&p[start..start + n]) {
+            selected.push((start + i) as i64);
+            selected_targets.push(f32::from(u8::from(sample.label.diseased())));
+        }
+        if concordance_applies(sample.label) {
+            concordant.extend((start..start + n).map(|i| i as i64));
+        }
+        for suspect in &sample.suspect {
+            patch_targets.extend(coarse_targets(sample.label, suspect));
+        }
+        start += n;
+    }
+    let lobe = lobe_loss(&out.probability.index_select(0, &Tensor::from_slice(&selected)), &Tensor::from_slice(&selected_targets));
+    let concordance = (!concordant.is_empty()).then(|| {
+        let index = Tensor::from_slice(&concordant);
+        concordance_loss(&out.probability.index_select(0, &index), &coarse.index_select(0, &index))
+    });
+    let weights = balance_classes(&patch_targets, &noisy_label_weights(&patch_targets, &coarse_values));
+    let patch = patch_loss(&coarse.flatten(0, -1), &Tensor::from_slice(&patch_targets), &Tensor::from_slice(&weights));
+    let diseased = diseased_loss(lobe, concordance, patch);
+
+    // The COVID network, on diseased scans only.
+    let diseased_samples: Vec<&SampledLobes> = samples.iter().copied().filter(|s| s.label.diseased()).collect();
+    let mut values = LossValues { lobe: diseased.lobe, concordance: diseased.concordance, patch: diseased.patch, ..LossValues::default() };
+    let mut total = diseased.total;
+    if !diseased_samples.is_empty() {
+        let refs: Vec<&Lobe> = diseased_samples.iter().flat_map(|s| s.lobes.iter()).collect();
+        let (input, distance) = lungstream_infer::batch_tensors(&refs);
+        let p_covid = tch::no_grad(|| to_vec(&model.covid.forward(&input, &distance).probability));
+        let mut chosen = Vec::new();
+        let mut targets = Vec::new();
+        let mut start = 0;
+        for sample in &diseased_samples {
+            let n = sample.lobes.len();
+            for i in top_indices(&p_covid[start..start + n]) {
+                chosen.push((start + i) as i64);
+                targets.push(f32::from(u8::from(sample.label == ScanLabel::Covid)));
+            }
+            start += n;
+        }
+        let index = Tensor::from_slice(&chosen);
+        let out = model.covid.forward(&input.index_select(0, &index), &distance.index_select(0, &index));
+        let covid = lobe_loss(&out.probability, &Tensor::from_slice(&targets));
+        values.covid = covid.double_value(&[]);
+        total += covid;
+    }
+    values.total = total.double_value(&[]);
+    (total, values)
+}
+
+/// One stage 2 step: the fine decoder's weighted loss against the fine pseudo-labels.
+fn stage2_loss(model: &Model, samples: &[SampledLobes]) -> (Tensor, LossValues) {
+    let (input, distance) = batch_input(samples);
+    let out = model.diseased.forward(&input, &distance);
+    let coarse = to_vec(out.coarse.as_ref().expect("the diseased network has infection heads"));
+    let fine = out.fine.as_ref().expect("the diseased network has infection heads");
+    let fine_values = to_vec(fine);
+    let cells = lungstream_preprocess::patches::COARSE_GRID.pow(2);
+    let mut targets = Vec::with_capacity(fine_values.len());
+    let mut k = 0;
+    for sample in samples {
+        for suspect in &sample.suspect {
+            targets.extend(fine_targets(sample.label, suspect, &coarse[k * cells..(k + 1) * cells]));
+            k += 1;
+        }
+    }
+    let weights = balance_classes(&targets, &noisy_label_weights(&targets, &fine_values));
+    let loss = patch_loss(&fine.flatten(0, -1), &Tensor::from_slice(&targets), &Tensor::from_slice(&weights));
+    let value = loss.double_value(&[]);
+    (loss, LossValues { total: value, fine: value, ..LossValues::default() })
+}
+
+/// Validation measures of one epoch.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Validation {
+    /// Share of scans whose decision (healthy / COVID-19 / other) is right.
+    pub accuracy: f64,
+    /// Diseased-vs-healthy accuracy over all scans.
+    pub diseased_accuracy: f64,
+    /// COVID-vs-other accuracy over diseased scans.
+    pub covid_accuracy: f64,
+    /// Mean cross-entropy of the scan probabilities of both tasks: breaks accuracy ties.
+    pub loss: f64,
+    /// Median absolute error of the infected share, percentage points, over scans whose
+    /// truth is known.
+    pub infected_error: Option<f64>,
+}
+
+/// Runs the model over scans and measures the decisions.
+pub fn validate(model: &Model, scans: &[TrainingScan]) -> Result<Validation, TrainError> {
+    let mut right = 0usize;
+    let mut diseased_right = 0usize;
+    let (mut covid_right, mut covid_total) = (0usize, 0usize);
+    let mut loss = 0f64;
+    let mut errors = Vec::new();
+    let bce = |p: f64, positive: bool| -(if positive { p } else { 1.0 - p }).clamp(1e-6, 1.0).ln();
+    for scan in scans {
+        let result = infer_series(model, &scan.series(), InferOptions::default(), &mut |_| {})?;
+        let decided = match result.decision {
+            lungstream_schemas::report::Decision::Healthy => ScanLabel::Healthy,
+            lungstream_schemas::report::Decision::Covid19 => ScanLabel::Covid,
+            lungstream_schemas::report::Decision::OtherDisease => ScanLabel::Other,
+        };
+        right += usize::from(decided == scan.label);
+        diseased_right += usize::from((result.p_diseased > 0.5) == scan.label.diseased());
+        loss += bce(result.p_diseased, scan.label.diseased());
+        if scan.label.diseased() {
+            covid_total += 1;
+            covid_right += usize::from((result.p_covid > 0.5) == (scan.label == ScanLabel::Covid));
+            loss += bce(result.p_covid, scan.label == ScanLabel::Covid);
+        }
+        if let Some(truth) = scan.infected_percent {
+            errors.push((result.infected_percent_total() - truth).abs());
+        }
+    }
+    let n = scans.len().max(1) as f64;
+    Ok(Validation {
+        accuracy: right as f64 / n,
+        diseased_accuracy: diseased_right as f64 / n,
+        covid_accuracy: if covid_total == 0 { 1.0 } else { covid_right as f64 / covid_total as f64 },
+        loss: loss / n,
+        infected_error: median(&mut errors),
+    })
+}
+
+fn median(values: &mut [f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len() % 2 == 0 { (values[mid - 1] + values[mid]) / 2.0 } else { values[mid] })
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub stage: u8,
+    pub epoch: usize,
+    pub train: LossValues,
+    pub validation: Validation,
+    pub seconds: f64,
+    /// Whether this epoch's weights became `best.safetensors`.
+    pub best: bool,
+}
+
+/// Progress of a run, for the command line.
+pub trait Progress: Sync {
+    /// A stage starts: `epochs` epochs of `batches` batches each.
+    fn stage(&self, stage: u8, epochs: usize, batches: usize);
+    /// A batch finished.
+    fn batch(&self, stage: u8, epoch: usize, batch: usize, loss: &LossValues);
+    /// An epoch finished, with its validation.
+    fn epoch(&self, record: &EpochRecord);
+    /// Scans loaded so far.
+    fn loading(&self, done: usize, total: usize);
+}
+
+/// State written after every epoch so that a run can resume.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct RunState {
+    options: TrainOptions,
+    /// The stage and the number of its epochs finished.
+    stage: u8,
+    epochs_done: usize,
+    best_epoch: Option<usize>,
+    best_accuracy: f64,
+    best_loss: f64,
+    best_infected_error: Option<f64>,
+}
+
+/// What a finished run produced.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainSummary {
+    pub model: PathBuf,
+    pub train_scans: usize,
+    pub validation_scans: usize,
+    pub left_out: usize,
+    pub best_epoch: Option<usize>,
+    pub best_validation: f64,
+    pub seconds: f64,
+}
+
+/// Runs both stages. With `resume`, continues the run in `run_dir` from its last finished
+/// epoch (the optimiser's moment estimates start again from zero there).
+///
+/// # Errors
+///
+/// When the manifest has no usable training or validation scans, a file cannot be
+/// written, libtorch fails, or `resume` finds no compatible state.
+pub fn train(manifest: &Manifest, options: &TrainOptions, card: &CardText, run_dir: &Path, resume: bool, progress: &dyn Progress) -> Result<TrainSummary, TrainError> {
+    let clock = Instant::now();
+    if options.scans_per_batch == 0 || options.slices_per_scan == 0 || options.fine_scans_per_batch == 0 || options.fine_slices_per_scan == 0 {
+        return Err(TrainError::Options("batch sizes and slices per scan must be at least 1".into()));
+    }
+    options.config.validate().map_err(TrainError::Options)?;
+    fs::create_dir_all(run_dir).map_err(io_error(run_dir))?;
+    let state_path = run_dir.join("state.json");
+    let checkpoint = run_dir.join("checkpoint.safetensors");
+    let best_path = run_dir.join("best.safetensors");
+    let mut state = if resume {
+        let text = fs::read_to_string(&state_path).map_err(|e| TrainError::Resume(format!("{}: {e}", state_path.display())))?;
+        let state: RunState = serde_json::from_str(&text).map_err(|e| TrainError::Resume(format!("{}: {e}", state_path.display())))?;
+        // More (or fewer) epochs may be asked for; anything else must match.
+        let comparable = |o: &TrainOptions| serde_json::to_value(TrainOptions { epochs: 0, fine_epochs: 0, ..o.clone() }).ok();
+        if comparable(&state.options) != comparable(options) {
+            return Err(TrainError::Resume("the options differ from those the run started with (only the epoch counts may change)".into()));
+        }
+        if state.stage == 2 && options.epochs > state.options.epochs {
+            return Err(TrainError::Resume("stage 1 is finished: more stage 1 epochs need a new run".into()));
+        }
+        RunState { options: options.clone(), ..state }
+    } else {
+        RunState { options: options.clone(), stage: 1, epochs_done: 0, best_epoch: None, best_accuracy: -1.0, best_loss: f64::INFINITY, best_infected_error: None }
+    };
+
+    // The split, written as manifests so that `evaluate` can take the test part.
+    let parts = split(&manifest.entries, &options.holdout_centres, options.seed);
+    let pick = |wanted: Split| Manifest { entries: manifest.entries.iter().zip(&parts).filter(|(_, p)| **p == wanted).map(|(e, _)| e.clone()).collect() };
+    let (mut train_part, mut validation_part) = (pick(Split::Train), pick(Split::Validation));
+    for (name, part) in [("train.csv", &train_part), ("validation.csv", &validation_part), ("test.csv", &pick(Split::Test)), ("heldout.csv", &pick(Split::HeldOutCentre))] {
+        part.write(&run_dir.join(name))?;
+    }
+    if let Some(max) = options.max_train_scans {
+        train_part.entries.truncate(max);
+    }
+    if let Some(max) = options.max_validation_scans {
+        validation_part.entries.truncate(max);
+    }
+    let all: Vec<ManifestEntry> = train_part.entries.iter().chain(&validation_part.entries).cloned().collect();
+    let (mut scans, failed) = load_scans(&all, &|done, total| progress.loading(done, total));
+    let validation_paths: std::collections::HashSet<PathBuf> = validation_part.entries.iter().map(|e| e.series.clone()).collect();
+    let validation: Vec<TrainingScan> = {
+        let (v, t): (Vec<TrainingScan>, Vec<TrainingScan>) = scans.drain(..).partition(|s| validation_paths.contains(&s.series));
+        scans = t;
+        v
+    };
+    let train_scans = scans;
+    if train_scans.is_empty() {
+        return Err(TrainError::NoScans { part: "training", detail: format!("{} in the manifest's training part, {} unreadable", train_part.entries.len(), failed.len()) });
+    }
+    if validation.is_empty() {
+        return Err(TrainError::NoScans { part: "validation", detail: format!("{} in the manifest's validation part", validation_part.entries.len()) });
+    }
+    tracing::info!(train = train_scans.len(), validation = validation.len(), left_out = failed.len(), "Scans loaded.");
+
+    let mut model = if resume && checkpoint.exists() { Model::load(&checkpoint)? } else { Model::initialised(options.config, options.seed)? };
+    let metrics_path = run_dir.join("metrics.jsonl");
+    if !resume {
+        fs::write(&metrics_path, b"").map_err(io_error(&metrics_path))?;
+    }
+    let mut records: Vec<EpochRecord> = fs::read_to_string(&metrics_path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+
+    // Stage 1.
+    if state.stage == 1 && state.epochs_done < options.epochs {
+        let mut optimiser = nn::Adam::default().build(model.var_store(), options.learning_rate)?;
+        let batches = train_scans.len().div_ceil(options.scans_per_batch);
+        progress.stage(1, options.epochs, batches);
+        for epoch in state.epochs_done + 1..=options.epochs {
+            let epoch_clock = Instant::now();
+            let order = shuffled(train_scans.len(), options.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut sum = LossValues::default();
+            for (b, chunk) in order.chunks(options.scans_per_batch).enumerate() {
+                let samples: Vec<SampledLobes> = chunk
+                    .par_iter()
+                    .map(|&i| sample(&train_scans[i], options.slices_per_scan, phase(options.seed, epoch, i)))
+                    .filter(|s| !s.lobes.is_empty())
+                    .collect();
+                if samples.is_empty() {
+                    continue;
+                }
+                let refs: Vec<&SampledLobes> = samples.iter().collect();
+                let (loss, values) = stage1_loss(&model, &refs);
+                optimiser.backward_step(&loss);
+                sum.add(&values);
+                progress.batch(1, epoch, b + 1, &values);
+            }
+            let validation_result = tch::no_grad(|| validate(&model, &validation))?;
+            let better = validation_result.accuracy > state.best_accuracy
+                || (validation_result.accuracy == state.best_accuracy && validation_result.loss < state.best_loss);
+            if better {
+                state.best_accuracy = validation_result.accuracy;
+                state.best_loss = validation_result.loss;
+                state.best_epoch = Some(epoch);
+                label_card(&mut model, card, options, &format!("stage 1, epoch {epoch}"))?;
+                model.save(&best_path)?;
+            }
+            let record = EpochRecord { stage: 1, epoch, train: sum.scaled(1.0 / batches as f64), validation: validation_result, seconds: epoch_clock.elapsed().as_secs_f64(), best: better };
+            finish_epoch(&mut model, &mut state, &mut records, record, card, options, run_dir, progress)?;
+        }
+    }
+
+    // Stage 2 starts from the best stage 1 weights.
+    if state.stage == 1 {
+        state.stage = 2;
+        state.epochs_done = 0;
+        if best_path.exists() {
+            model = Model::load(&best_path)?;
+        }
+        label_card(&mut model, card, options, "stage 2 start")?;
+        model.save(&checkpoint)?;
+        write_state(&state_path, &state)?;
+    }
+    if state.epochs_done < options.fine_epochs {
+        for (name, tensor) in model.var_store().variables() {
+            let _ = tensor.set_requires_grad(name.starts_with(FINE_PREFIX));
+        }
+        let mut optimiser = nn::Adam::default().build(model.var_store(), options.fine_learning_rate)?;
+        let batches = train_scans.len().div_ceil(options.fine_scans_per_batch);
+        progress.stage(2, options.fine_epochs, batches);
+        for epoch in state.epochs_done + 1..=options.fine_epochs {
+            let epoch_clock = Instant::now();
+            let order = shuffled(train_scans.len(), options.seed ^ 0x5EED ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut sum = LossValues::default();
+            for (b, chunk) in order.chunks(options.fine_scans_per_batch).enumerate() {
+                let samples: Vec<SampledLobes> = chunk
+                    .par_iter()
+                    .map(|&i| sample(&train_scans[i], options.fine_slices_per_scan, phase(options.seed ^ 0x5EED, epoch, i)))
+                    .filter(|s| !s.lobes.is_empty())
+                    .collect();
+                if samples.is_empty() {
+                    continue;
+                }
+                let (loss, values) = stage2_loss(&model, &samples);
+                optimiser.backward_step(&loss);
+                sum.add(&values);
+                progress.batch(2, epoch, b + 1, &values);
+            }
+            let validation_result = tch::no_grad(|| validate(&model, &validation))?;
+            // Stage 2 changes only the fine map: keep the epoch with the smallest error of
+            // the infected share where the truth is known, else the last one.
+            let better = match (validation_result.infected_error, state.best_infected_error) {
+                (Some(now), Some(best)) => now <= best,
+                _ => true,
+            };
+            if better {
+                state.best_infected_error = validation_result.infected_error;
+                label_card(&mut model, card, options, &format!("stage 2, epoch {epoch}"))?;
+                model.save(&best_path)?;
+            }
+            let record = EpochRecord { stage: 2, epoch, train: sum.scaled(1.0 / batches as f64), validation: validation_result, seconds: epoch_clock.elapsed().as_secs_f64(), best: better };
+            finish_epoch(&mut model, &mut state, &mut records, record, card, options, run_dir, progress)?;
+        }
+    }
+
+    let mut final_model = if best_path.exists() { Model::load(&best_path)? } else { model };
+    label_card(&mut final_model, card, options, "final")?;
+    let model_path = run_dir.join("model.safetensors");
+    final_model.save(&model_path)?;
+    Ok(TrainSummary {
+        model: model_path,
+        train_scans: train_scans.len(),
+        validation_scans: validation.len(),
+        left_out: failed.len(),
+        best_epoch: state.best_epoch,
+        best_validation: state.best_accuracy,
+        seconds: clock.elapsed().as_secs_f64(),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish_epoch(
+    model: &mut Model,
+    state: &mut RunState,
+    records: &mut Vec<EpochRecord>,
+    record: EpochRecord,
+    card: &CardText,
+    options: &TrainOptions,
+    run_dir: &Path,
+    progress: &dyn Progress,
+) -> Result<(), TrainError> {
+    state.epochs_done = record.epoch;
+    label_card(model, card, options, &format!("stage {}, epoch {}", record.stage, record.epoch))?;
+    model.save(&run_dir.join("checkpoint.safetensors"))?;
+    let metrics_path = run_dir.join("metrics.jsonl");
+    let mut file = fs::OpenOptions::new().append(true).create(true).open(&metrics_path).map_err(io_error(&metrics_path))?;
+    writeln!(file, "{}", serde_json::to_string(&record).expect("records serialise")).map_err(io_error(&metrics_path))?;
+    progress.epoch(&record);
+    records.push(record);
+    let png = loss_chart(records);
+    let png_path = run_dir.join("loss.png");
+    fs::write(&png_path, png).map_err(io_error(&png_path))?;
+    write_state(&run_dir.join("state.json"), state)
+}
+
+fn write_state(path: &Path, state: &RunState) -> Result<(), TrainError> {
+    let tmp = path.with_extension("json.tmp");
+    fs::write(&tmp, serde_json::to_vec_pretty(state).expect("the state serialises")).map_err(io_error(&tmp))?;
+    fs::rename(&tmp, path).map_err(io_error(path))
+}
+
+fn label_card(model: &mut Model, card: &CardText, options: &TrainOptions, when: &str) -> Result<(), TrainError> {
+    let id = if card.id.is_empty() { format!("ghavami2020-{}-trained", options.config.name()) } else { card.id.clone() };
+    let notes = format!("{} Weights at {when}.", card.notes).trim().to_string();
+    model.set_card(id, true, card.trained_on.clone(), notes)?;
+    model.set_research_only(card.research_only);
+    Ok(())
+}
+
+/// The training loss and validation accuracy per epoch as a PNG chart.
+pub fn loss_chart(records: &[EpochRecord]) -> Vec<u8> {
+    let stage1: Vec<&EpochRecord> = records.iter().filter(|r| r.stage == 1).collect();
+    let stage2: Vec<&EpochRecord> = records.iter().filter(|r| r.stage == 2).collect();
+    let offset = stage1.len() as f64;
+    let series = vec![
+        Series { name: "stage 1 training loss".into(), points: stage1.iter().map(|r| (r.epoch as f64, r.train.total)).collect(), colour: [31, 119, 180], dashed: false },
+        Series { name: "validation accuracy".into(), points: stage1.iter().map(|r| (r.epoch as f64, r.validation.accuracy)).collect(), colour: [44, 160, 44], dashed: true },
+        Series { name: "stage 2 fine loss".into(), points: stage2.iter().map(|r| (offset + r.epoch as f64, r.train.fine)).collect(), colour: [214, 39, 40], dashed: false },
+    ];
+    plot::render_png(
+        &Chart { title: "Training".into(), x_label: "epoch".into(), y_label: "loss, accuracy".into(), x_range: None, y_range: None, series },
+        800,
+        500,
+    )
+}
+
+/// A permutation of `0..n` from a seed (Fisher–Yates over SplitMix64).
+fn shuffled(n: usize, seed: u64) -> Vec<usize> {
+    let mut state = seed;
+    let mut next = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    order
+}
+
+/// The phase of the evenly spaced slices a scan gives in an epoch, in 0..1.
+fn phase(seed: u64, epoch: usize, scan: usize) -> f64 {
+    let mut z = seed ^ (epoch as u64).wrapping_mul(0xD1B5_4A32_D192_ED03) ^ (scan as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Trains stage 1 on one fixed batch for `steps` steps and returns each step's loss: a
+/// quick check that the loss terms and gradients fit together.
+///
+/// # Errors
+///
+/// When libtorch fails.
+pub fn repeat_batch(model: &Model, scans: &[TrainingScan], slices_per_scan: usize, learning_rate: f64, steps: usize) -> Result<Vec<LossValues>, TrainError> {
+    let mut optimiser = nn::Adam::default().build(model.var_store(), learning_rate)?;
+    let samples: Vec<SampledLobes> = scans.iter().map(|scan| sample(scan, slices_per_scan, 0.0)).collect();
+    let refs: Vec<&SampledLobes> = samples.iter().collect();
+    let mut losses = Vec::with_capacity(steps);
+    for _ in 0..steps {
+        let (loss, values) = stage1_loss(model, &refs);
+        optimiser.backward_step(&loss);
+        losses.push(values);
+    }
+    Ok(losses)
+}
