@@ -26,8 +26,9 @@ if [[ -f "$run/state.json" ]]; then
     resume=(--resume)
 fi
 "$bin" train --manifest "$data/manifest.csv" --out "$run" --config narrow \
-    --holdout-centres northfield --epochs 12 --fine-epochs 3 \
-    --learning-rate 1e-3 --fine-learning-rate 1e-4 \
+    --holdout-centres northfield --epochs 14 --fine-epochs 4 --slices-per-scan 5 \
+    --warmup-epochs 4 --warmup-patch-weight 1 \
+    --learning-rate 3e-4 --fine-learning-rate 1e-4 \
     --model-id lungstream-demo-narrow-phantom --research-only \
     --trained-on "300 synthetic chest CT phantoms (lungstream dataset phantoms --seed 20201123), centres riverside, hillcrest, lakeside and harbour; northfield held out" \
     --notes "Synthetic phantoms only: NOT FOR CLINICAL USE. Shows that the pipeline, the weak supervision and the reports work; it has never seen a real patient." \

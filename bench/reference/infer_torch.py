@@ -9,8 +9,8 @@ with the same parameter names, so it loads the weights of a lungstream model fil
    concatenated with the encoder's map of that level and merged by a 3×3 convolution.
 3. Patch features: concat(block 3, U-Net output, distance / 32).
 4. Attention head: two 1×1 convolutions and a sigmoid give each patch a weight. The lobe
-   feature is the attention-weighted sum of the patch features, and a linear layer with
-   a sigmoid gives the lobe's probability.
+   feature is the attention-weighted sum of the patch features divided by the 1024
+   cells, and a linear layer with a sigmoid gives the lobe's probability.
 5. Diseased network only: the coarse infection head (like the attention head) and the
    fine decoder (up to 64×64 and 128×128 with VGG's block-2 and block-1 maps as skips,
    then a 1×1 convolution and a sigmoid).
@@ -169,7 +169,7 @@ class LobeNetwork(nn.Module):
         block1, block2, block3 = self.vgg(lobes)
         patches = torch.cat([block3, self.vicinity(block3), distance / DISTANCE_SCALE], 1)
         attention = self.attention(patches)
-        pooled = (patches * attention.unsqueeze(1)).sum(dim=(2, 3))
+        pooled = (patches * attention.unsqueeze(1)).sum(dim=(2, 3)) / 1024.0
         outputs = {"probability": torch.sigmoid(self.classifier(pooled)).squeeze(1), "attention": attention}
         if self.coarse is not None:
             outputs["coarse"] = self.coarse(patches)

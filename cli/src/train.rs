@@ -1,5 +1,5 @@
 //! `lungstream train` and `lungstream evaluate`: weakly supervised training from a
-//! manifest of labelled scans, and the §8 evaluation of a model on a manifest.
+//! manifest of labelled scans, and the evaluation of a model on a manifest.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +46,12 @@ pub struct TrainArgs {
     /// Seed of the initial weights, the split and the batch order.
     #[arg(long, default_value_t = lungstream_infer::model::DEFAULT_SEED)]
     seed: u64,
+    /// Stage 1 epochs whose patch loss weighs --warmup-patch-weight instead of the
+    /// paper's 0.01, to start the features without ImageNet weights [default: 0].
+    #[arg(long, default_value_t = 0)]
+    warmup_epochs: usize,
+    #[arg(long, default_value_t = 1.0)]
+    warmup_patch_weight: f64,
     /// Uses at most this many training scans (for quick trials).
     #[arg(long)]
     max_train_scans: Option<usize>,
@@ -140,13 +146,14 @@ impl Progress for Bars {
     fn epoch(&self, record: &EpochRecord) {
         let v = &record.validation;
         let line = format!(
-            "stage {} epoch {}: loss {:.4}, validation accuracy {:.1}% (diseased {:.1}%, COVID {:.1}%){}{}, {:.0} s",
+            "stage {} epoch {}: loss {:.4}, validation accuracy {:.1}% (diseased {:.1}%, COVID {:.1}%), lobe spread {:.3}{}{}, {:.0} s",
             record.stage,
             record.epoch,
             record.train.total,
             100.0 * v.accuracy,
             100.0 * v.diseased_accuracy,
             100.0 * v.covid_accuracy,
+            v.lobe_spread,
             v.infected_error.map_or(String::new(), |e| format!(", infected share error {e:.2} points")),
             if record.best { ", best so far" } else { "" },
             record.seconds
@@ -186,6 +193,8 @@ pub fn run_train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
     options.slices_per_scan = args.slices_per_scan;
     options.holdout_centres = args.holdout_centres.clone();
     options.max_train_scans = args.max_train_scans;
+    options.warmup_epochs = args.warmup_epochs;
+    options.warmup_patch_weight = args.warmup_patch_weight;
     let card = CardText {
         id: args.model_id.clone().unwrap_or_default(),
         trained_on: if args.trained_on.is_empty() { format!("the scans of {}", args.manifest.display()) } else { args.trained_on.clone() },

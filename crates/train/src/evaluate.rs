@@ -1,4 +1,4 @@
-//! Runs a model over the scans of a manifest and writes the evaluation of method.md §8:
+//! Runs a model over the scans of a manifest and writes the evaluation table of Ghavami et al. (2020):
 //! `evaluation.json`, `evaluation.md`, `scans.csv` (one row per scan) and `roc.png`.
 
 use std::fs;

@@ -1,4 +1,4 @@
-//! Targets and weights of weak supervision (method.md §7), as plain functions of plain
+//! Targets and weights of weak supervision, as plain functions of plain
 //! arrays so each rule can be checked by hand.
 //!
 //! * Lobe targets: only the top 30% of a scan's lobes by predicted probability take the
@@ -6,8 +6,8 @@
 //! * Patch targets: pseudo-infection labels from the series' infection band
 //!   ([`coarse_targets`], [`fine_targets`]).
 //! * Patch weights: the 80% of patches closest to their label weigh 1, the rest 0.1
-//!   ([`noisy_label_weights`]); infected patches are then scaled so both classes weigh
-//!   the same ([`balance_classes`]).
+//!   ([`noisy_label_weights`]). Then infected patches are scaled so that both classes
+//!   weigh the same ([`balance_classes`]).
 
 use lungstream_infer::maps::{fine_patch_range, FINE_GRID};
 use lungstream_preprocess::image::Mask;
@@ -28,7 +28,7 @@ pub const INFECTED_PROBABILITY: f32 = 0.5;
 
 /// Number of lobes, out of `n`, that take the scan's label.
 ///
-/// **[choice]** method.md says the paper rounds 30% up and takes 4 of 10 slices. Plain
+/// **[choice]** The paper rounds 30% up and takes 4 of 10 slices. Plain
 /// rounding up of 3.0 gives 3, so the count here is the smallest integer strictly above
 /// 30%: ⌊0.3·n⌋ + 1, capped at `n` (10 → 4, 20 → 7, 3 → 1, 1 → 1).
 pub fn top_count(n: usize) -> usize {

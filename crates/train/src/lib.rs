@@ -1,10 +1,10 @@
-//! Weakly supervised training of the two lobe networks (method.md §7), their evaluation
-//! (§8), and the phantom data set the demo weights are trained on.
+//! Weakly supervised training of the two lobe networks of Ghavami et al. (2020), their
+//! evaluation, and the phantom data set that the demo weights are trained on.
 //!
 //! Labels exist per scan only. [`labels`] turns them into lobe targets (top 30%),
 //! pseudo-infection patch labels and the per-patch weights; [`loss`] assembles the loss;
 //! [`trainer`] runs the two stages with checkpoints. [`evaluate`] runs a model over a
-//! manifest and [`metrics`] computes the §8 table, ROC AUC and calibration.
+//! manifest, and [`metrics`] computes the paper's table, ROC AUC and calibration.
 
 pub mod evaluate;
 pub mod labels;
@@ -27,7 +27,7 @@ pub enum ScanLabel {
 }
 
 impl ScanLabel {
-    /// The name used in manifests and outputs.
+    /// Returns the name used in manifests and outputs.
     pub fn name(self) -> &'static str {
         match self {
             ScanLabel::Healthy => "healthy",
@@ -36,7 +36,7 @@ impl ScanLabel {
         }
     }
 
-    /// True for COVID-19 and other disease.
+    /// Returns true for COVID-19 and other disease.
     pub fn diseased(self) -> bool {
         self != ScanLabel::Healthy
     }

@@ -1,4 +1,4 @@
-//! The loss terms of method.md §7 on tensors.
+//! The loss terms of weak supervision, on tensors.
 //!
 //! Loss = lobe cross-entropy + 1 × concordance + 0.01 × patch loss. The networks output
 //! probabilities (after the sigmoid), so the cross-entropies clamp them away from 0 and 1
@@ -44,12 +44,13 @@ pub struct DiseasedLoss {
     pub patch: f64,
 }
 
-/// Combines the three terms with the weights of §7.
-pub fn diseased_loss(lobe: Tensor, concordance: Option<Tensor>, patch: Tensor) -> DiseasedLoss {
+/// Combines the three terms: concordance weighs 1, the patch loss `patch_weight` (the
+/// paper's is [`PATCH_WEIGHT`]).
+pub fn diseased_loss(lobe: Tensor, concordance: Option<Tensor>, patch: Tensor, patch_weight: f64) -> DiseasedLoss {
     let value = |t: &Tensor| t.double_value(&[]);
     let (lobe_value, patch_value) = (value(&lobe), value(&patch));
     let concordance_value = concordance.as_ref().map_or(0.0, value);
-    let mut total = lobe + patch * PATCH_WEIGHT;
+    let mut total = lobe + patch * patch_weight;
     if let Some(c) = concordance {
         total += c * CONCORDANCE_WEIGHT;
     }
@@ -103,13 +104,13 @@ mod tests {
 
     #[test]
     fn total_uses_the_paper_weights() {
-        let loss = diseased_loss(Tensor::from(0.5f32), Some(Tensor::from(0.25f32)), Tensor::from(2.0f32));
+        let loss = diseased_loss(Tensor::from(0.5f32), Some(Tensor::from(0.25f32)), Tensor::from(2.0f32), PATCH_WEIGHT);
         assert!(close(&loss.total, 0.5 + 0.25 + 0.02));
     }
 
     #[test]
     fn total_without_concordance_drops_the_term() {
-        let loss = diseased_loss(Tensor::from(0.5f32), None, Tensor::from(2.0f32));
+        let loss = diseased_loss(Tensor::from(0.5f32), None, Tensor::from(2.0f32), PATCH_WEIGHT);
         assert!(close(&loss.total, 0.52));
     }
 }

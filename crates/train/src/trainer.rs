@@ -1,11 +1,11 @@
-//! The two training stages of method.md §7.
+//! The two training stages of Ghavami et al. (2020).
 //!
 //! Stage 1 trains both networks (everything but the fine decoder) with Adam at 1e-4 on
 //! batches of 6 scans × 10 evenly spaced slices, and keeps the epoch with the best
 //! validation accuracy. Stage 2 freezes everything but the fine decoder and trains it with
 //! Adam at 1e-5 on batches of 14 scans × 2 slices.
 //!
-//! A run folder holds the split manifests (`train.csv`, `validation.csv`, `test.csv`,
+//! A run folder contains the split manifests (`train.csv`, `validation.csv`, `test.csv`,
 //! `heldout.csv`), `checkpoint.safetensors` and `state.json` after every epoch (for
 //! `--resume`), `best.safetensors`, `metrics.jsonl` (one line per epoch), `loss.png` and
 //! finally `model.safetensors`.
@@ -26,7 +26,7 @@ use tch::nn::OptimizerConfig;
 use tch::{nn, Kind, Tensor};
 
 use crate::labels::{balance_classes, coarse_targets, concordance_applies, evenly_spaced, fine_targets, noisy_label_weights, top_indices};
-use crate::loss::{concordance_loss, diseased_loss, lobe_loss, patch_loss};
+use crate::loss::{concordance_loss, diseased_loss, lobe_loss, patch_loss, PATCH_WEIGHT};
 use crate::manifest::{split, Manifest, ManifestEntry, Split};
 use crate::plot::{self, Chart, Series}; 
 use crate::ScanLabel;
@@ -54,6 +54,14 @@ pub struct TrainOptions {
     pub fine_learning_rate: f64,
     /// Centres kept out of training, validation and test entirely.
     pub holdout_centres: Vec<String>,
+    /// Stage 1 epochs, from the first, whose patch loss weighs `warmup_patch_weight`
+    /// instead of 0.01. **[choice]** The paper starts from ImageNet VGG-16 weights, which
+    /// cannot be had here. Weighting the dense pseudo-labels more at first gives the
+    /// shared features a start on infection-like texture. 0 follows the paper.
+    #[serde(default)]
+    pub warmup_epochs: usize,
+    #[serde(default)]
+    pub warmup_patch_weight: f64,
     /// Uses at most this many training scans (quick runs and tests).
     pub max_train_scans: Option<usize>,
     /// Uses at most this many validation scans.
@@ -61,7 +69,7 @@ pub struct TrainOptions {
 }
 
 impl TrainOptions {
-    /// The paper's settings (§7) for a configuration, with `epochs` stage 1 epochs.
+    /// Returns the paper's settings for a configuration, with `epochs` stage 1 epochs.
     pub fn paper(config: NetworkConfig, epochs: usize, fine_epochs: usize) -> TrainOptions {
         TrainOptions {
             config,
@@ -75,6 +83,8 @@ impl TrainOptions {
             learning_rate: 1e-4,
             fine_learning_rate: 1e-5,
             holdout_centres: Vec::new(),
+            warmup_epochs: 0,
+            warmup_patch_weight: PATCH_WEIGHT,
             max_train_scans: None,
             max_validation_scans: None,
         }
@@ -247,7 +257,7 @@ impl LossValues {
     }
 }
 
-/// One stage 1 step: builds the targets and weights of §7 from the current predictions,
+/// Computes one stage 1 step: builds the targets and weights from the current predictions,
 /// and returns the loss to minimise with its parts.
 ///
 /// The diseased network runs with autograd on every sampled lobe: the lobe term uses each
@@ -255,7 +265,7 @@ impl LossValues {
 /// patch term every coarse patch. The COVID network's top 30% (of diseased scans only) are
 /// chosen on a pass without autograd and then run again with it; the loss is the same as
 /// with one pass, and the backward pass covers 30% of the lobes instead of all.
-fn stage1_loss(model: &Model, samples: &[&SampledLobes]) -> (Tensor, LossValues) {
+fn stage1_loss(model: &Model, samples: &[&SampledLobes], patch_weight: f64) -> (Tensor, LossValues) {
     let refs: Vec<&Lobe> = samples.iter().flat_map(|s| s.lobes.iter()).collect();
     let (input, distance) = lungstream_infer::batch_tensors(&refs);
     let out = model.diseased.forward_parts(&input, &distance, false);
@@ -290,7 +300,7 @@ fn stage1_loss(model: &Model, samples: &[&SampledLobes]) -> (Tensor, LossValues)
     });
     let weights = balance_classes(&patch_targets, &noisy_label_weights(&patch_targets, &coarse_values));
     let patch = patch_loss(&coarse.flatten(0, -1), &Tensor::from_slice(&patch_targets), &Tensor::from_slice(&weights));
-    let diseased = diseased_loss(lobe, concordance, patch);
+    let diseased = diseased_loss(lobe, concordance, patch, patch_weight);
 
     // The COVID network, on diseased scans only.
     let diseased_samples: Vec<&SampledLobes> = samples.iter().copied().filter(|s| s.label.diseased()).collect();
@@ -357,7 +367,15 @@ pub struct Validation {
     /// Median absolute error of the infected share, percentage points, over scans whose
     /// truth is known.
     pub infected_error: Option<f64>,
+    /// Standard deviation of P(diseased) over all validation lobes. Near 0 the network
+    /// gives every lobe the same output, which a too high learning rate can cause.
+    #[serde(default)]
+    pub lobe_spread: f64,
 }
+
+/// Below this [`Validation::lobe_spread`] the network is taken to have collapsed to a
+/// constant output.
+pub const COLLAPSED_SPREAD: f64 = 1e-3;
 
 /// Runs the model over scans and measures the decisions.
 pub fn validate(model: &Model, scans: &[TrainingScan]) -> Result<Validation, TrainError> {
@@ -366,6 +384,7 @@ pub fn validate(model: &Model, scans: &[TrainingScan]) -> Result<Validation, Tra
     let (mut covid_right, mut covid_total) = (0usize, 0usize);
     let mut loss = 0f64;
     let mut errors = Vec::new();
+    let mut lobe_p = Vec::new();
     let bce = |p: f64, positive: bool| -(if positive { p } else { 1.0 - p }).clamp(1e-6, 1.0).ln();
     for scan in scans {
         let result = infer_series(model, &scan.series(), InferOptions::default(), &mut |_| {})?;
@@ -374,6 +393,7 @@ pub fn validate(model: &Model, scans: &[TrainingScan]) -> Result<Validation, Tra
             lungstream_schemas::report::Decision::Covid19 => ScanLabel::Covid,
             lungstream_schemas::report::Decision::OtherDisease => ScanLabel::Other,
         };
+        lobe_p.extend(result.lobes.iter().map(|l| l.p_diseased));
         right += usize::from(decided == scan.label);
         diseased_right += usize::from((result.p_diseased > 0.5) == scan.label.diseased());
         loss += bce(result.p_diseased, scan.label.diseased());
@@ -387,7 +407,10 @@ pub fn validate(model: &Model, scans: &[TrainingScan]) -> Result<Validation, Tra
         }
     }
     let n = scans.len().max(1) as f64;
+    let mean = lobe_p.iter().sum::<f64>() / lobe_p.len().max(1) as f64;
+    let lobe_spread = (lobe_p.iter().map(|p| (p - mean).powi(2)).sum::<f64>() / lobe_p.len().max(1) as f64).sqrt();
     Ok(Validation {
+        lobe_spread,
         accuracy: right as f64 / n,
         diseased_accuracy: diseased_right as f64 / n,
         covid_accuracy: if covid_total == 0 { 1.0 } else { covid_right as f64 / covid_total as f64 },
@@ -547,12 +570,16 @@ pub fn train(manifest: &Manifest, options: &TrainOptions, card: &CardText, run_d
                     continue;
                 }
                 let refs: Vec<&SampledLobes> = samples.iter().collect();
-                let (loss, values) = stage1_loss(&model, &refs);
+                let patch_weight = if epoch <= options.warmup_epochs { options.warmup_patch_weight } else { PATCH_WEIGHT };
+                let (loss, values) = stage1_loss(&model, &refs, patch_weight);
                 optimiser.backward_step(&loss);
                 sum.add(&values);
                 progress.batch(1, epoch, b + 1, &values);
             }
             let validation_result = tch::no_grad(|| validate(&model, &validation))?;
+            if validation_result.lobe_spread < COLLAPSED_SPREAD {
+                tracing::warn!(epoch, spread = validation_result.lobe_spread, "The diseased network gives every validation lobe the same probability: it has collapsed to a constant output. Try a lower --learning-rate.");
+            }
             let better = validation_result.accuracy > state.best_accuracy
                 || (validation_result.accuracy == state.best_accuracy && validation_result.loss < state.best_loss);
             if better {
@@ -729,7 +756,7 @@ pub fn repeat_batch(model: &Model, scans: &[TrainingScan], slices_per_scan: usiz
     let refs: Vec<&SampledLobes> = samples.iter().collect();
     let mut losses = Vec::with_capacity(steps);
     for _ in 0..steps {
-        let (loss, values) = stage1_loss(model, &refs);
+        let (loss, values) = stage1_loss(model, &refs, PATCH_WEIGHT);
         optimiser.backward_step(&loss);
         losses.push(values);
     }

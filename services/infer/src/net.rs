@@ -29,6 +29,9 @@ use crate::init::{he_normal, scaled_normal};
 /// are of the same order as the activations (a lung crop is rarely 64 pixels deep).
 pub const DISTANCE_SCALE: f64 = 32.0;
 
+/// Divisor of the attention-weighted sum of patch features: the number of coarse cells.
+pub const POOLED_CELLS: f64 = 1024.0;
+
 /// A variable scope: the `nn::Path` and the dotted name it stands for, which seeds the
 /// deterministic initialisation of each tensor.
 #[derive(Clone)]
@@ -280,9 +283,7 @@ impl LobeNetwork {
     pub(crate) fn new(scope: &Scope, config: &NetworkConfig, infection_heads: bool) -> LobeNetwork {
         let features = config.patch_features();
         let classifier = scope.sub("classifier");
-        // The lobe feature sums up to 1024 weighted patches: scale the weights so the
-        // initial logit is of order one.
-        let std = (1.0 / features as f64).sqrt() / (32.0 * 32.0);
+        let std = (1.0 / features as f64).sqrt();
         LobeNetwork {
             config: *config,
             vgg: VggPrefix::new(scope, config.vgg),
@@ -319,7 +320,11 @@ impl LobeNetwork {
         let vicinity = self.vicinity.forward(&vgg.block3);
         let patches = Tensor::cat(&[vgg.block3.shallow_clone(), vicinity, distance], 1);
         let attention = self.attention.forward(&patches);
-        let pooled = (&patches * attention.unsqueeze(1)).sum_dim_intlist([2i64, 3].as_slice(), false, None::<Kind>);
+        // **[choice]** The paper sums the weighted patch features. The sum is divided by
+        // the fixed number of cells: the same function with classifier weights 1024 times
+        // larger, but Adam's steps on the classifier stay in proportion. With the plain sum
+        // one step swung the logits by about 10, and training stalled at a constant output.
+        let pooled = (&patches * attention.unsqueeze(1)).sum_dim_intlist([2i64, 3].as_slice(), false, None::<Kind>) / POOLED_CELLS;
         let probability = pooled.linear(&self.classifier_weight, Some(&self.classifier_bias)).sigmoid().squeeze_dim(1);
         LobeOutput {
             probability,
