@@ -166,7 +166,7 @@ impl Progress for Bars {
 }
 
 /// Keeps libtorch's large buffers on glibc's heap. Each training step allocates and frees
-/// activations of hundreds of MB; by default glibc maps each one fresh with mmap and
+/// activations of hundreds of MB. By default glibc maps each one fresh with mmap and
 /// unmaps it on free, and the page faults of the fresh pages took two thirds of the CPU
 /// time here. Training runs in its own process, so the process-wide setting is safe.
 fn keep_large_buffers_on_the_heap() {

@@ -47,7 +47,7 @@ pub fn top_indices(probabilities: &[f32]) -> Vec<usize> {
     order
 }
 
-/// Whether the concordance loss applies to a scan: healthy and COVID-19 scans only, since
+/// Returns whether the concordance loss applies to a scan: healthy and COVID-19 scans only, since
 /// another disease need not show infection.
 pub fn concordance_applies(label: ScanLabel) -> bool {
     matches!(label, ScanLabel::Healthy | ScanLabel::Covid)

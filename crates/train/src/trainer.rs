@@ -150,7 +150,7 @@ impl TrainingScan {
         })
     }
 
-    /// The preprocessed series.
+    /// Decodes the preprocessed series.
     pub fn series(&self) -> PreprocessedSeries {
         decode_bundle(&self.bundle, MAX_BUNDLE_BYTES).expect("a bundle this process encoded decodes")
     }
@@ -215,8 +215,9 @@ fn sample(scan: &TrainingScan, count: usize, phase: f64) -> SampledLobes {
     SampledLobes { label: scan.label, lobes, suspect }
 }
 
-fn batch_input(samples: &[SampledLobes]) -> (Tensor, Tensor) {
-    let refs: Vec<&Lobe> = samples.iter().flat_map(|s| s.lobes.iter()).collect();
+/// Builds the network inputs of every lobe of the samples, in order.
+fn batch_input<'a>(samples: impl IntoIterator<Item = &'a SampledLobes>) -> (Tensor, Tensor) {
+    let refs: Vec<&Lobe> = samples.into_iter().flat_map(|s| s.lobes.iter()).collect();
     lungstream_infer::batch_tensors(&refs)
 }
 
@@ -263,11 +264,10 @@ impl LossValues {
 /// The diseased network runs with autograd on every sampled lobe: the lobe term uses each
 /// scan's top 30%, the concordance term the lobes of healthy and COVID-19 scans, and the
 /// patch term every coarse patch. The COVID network's top 30% (of diseased scans only) are
-/// chosen on a pass without autograd and then run again with it; the loss is the same as
+/// chosen on a pass without autograd and then run again with it. The loss is the same as
 /// with one pass, and the backward pass covers 30% of the lobes instead of all.
 fn stage1_loss(model: &Model, samples: &[&SampledLobes], patch_weight: f64) -> (Tensor, LossValues) {
-    let refs: Vec<&Lobe> = samples.iter().flat_map(|s| s.lobes.iter()).collect();
-    let (input, distance) = lungstream_infer::batch_tensors(&refs);
+    let (input, distance) = batch_input(samples.iter().copied());
     let out = model.diseased.forward_parts(&input, &distance, false);
     let coarse = out.coarse.as_ref().expect("the diseased network has infection heads");
     let p = to_vec(&out.probability);
@@ -307,8 +307,7 @@ fn stage1_loss(model: &Model, samples: &[&SampledLobes], patch_weight: f64) -> (
     let mut values = LossValues { lobe: diseased.lobe, concordance: diseased.concordance, patch: diseased.patch, ..LossValues::default() };
     let mut total = diseased.total;
     if !diseased_samples.is_empty() {
-        let refs: Vec<&Lobe> = diseased_samples.iter().flat_map(|s| s.lobes.iter()).collect();
-        let (input, distance) = lungstream_infer::batch_tensors(&refs);
+        let (input, distance) = batch_input(diseased_samples.iter().copied());
         let p_covid = tch::no_grad(|| to_vec(&model.covid.forward(&input, &distance).probability));
         let mut chosen = Vec::new();
         let mut targets = Vec::new();
@@ -331,7 +330,7 @@ fn stage1_loss(model: &Model, samples: &[&SampledLobes], patch_weight: f64) -> (
     (total, values)
 }
 
-/// One stage 2 step: the fine decoder's weighted loss against the fine pseudo-labels.
+/// Computes one stage 2 step: the fine decoder's weighted loss against the fine pseudo-labels.
 fn stage2_loss(model: &Model, samples: &[SampledLobes]) -> (Tensor, LossValues) {
     let (input, distance) = batch_input(samples);
     let out = model.diseased.forward(&input, &distance);
@@ -465,7 +464,7 @@ struct RunState {
     best_infected_error: Option<f64>,
 }
 
-/// What a finished run produced.
+/// Summary of a finished run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainSummary {
     pub model: PathBuf,
@@ -701,7 +700,7 @@ fn label_card(model: &mut Model, card: &CardText, options: &TrainOptions, when: 
     Ok(())
 }
 
-/// The training loss and validation accuracy per epoch as a PNG chart.
+/// Draws the training loss and validation accuracy per epoch as a PNG chart.
 pub fn loss_chart(records: &[EpochRecord]) -> Vec<u8> {
     let stage1: Vec<&EpochRecord> = records.iter().filter(|r| r.stage == 1).collect();
     let stage2: Vec<&EpochRecord> = records.iter().filter(|r| r.stage == 2).collect();
@@ -718,7 +717,7 @@ pub fn loss_chart(records: &[EpochRecord]) -> Vec<u8> {
     )
 }
 
-/// A permutation of `0..n` from a seed (Fisher–Yates over SplitMix64).
+/// Returns a permutation of `0..n` from a seed (Fisher–Yates over SplitMix64).
 fn shuffled(n: usize, seed: u64) -> Vec<usize> {
     let mut state = seed;
     let mut next = move || {
@@ -736,7 +735,7 @@ fn shuffled(n: usize, seed: u64) -> Vec<usize> {
     order
 }
 
-/// The phase of the evenly spaced slices a scan gives in an epoch, in 0..1.
+/// Returns the phase of the evenly spaced slices a scan gives in an epoch, in 0..1.
 fn phase(seed: u64, epoch: usize, scan: usize) -> f64 {
     let mut z = seed ^ (epoch as u64).wrapping_mul(0xD1B5_4A32_D192_ED03) ^ (scan as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

@@ -47,7 +47,7 @@ pub struct ModelCard {
     #[serde(default)]
     pub notes: String,
     /// True for weights that must not be used on patients, such as the demo weights
-    /// trained on synthetic phantoms; every report made with them says so.
+    /// trained on synthetic phantoms. Every report made with them warns about it.
     #[serde(default)]
     pub research_only: bool,
 }
@@ -266,7 +266,7 @@ impl Model {
     }
 
     /// Returns every variable, sorted by name.
-    /// The variables of both networks, for an optimiser. Names start with `diseased.` or
+    /// Returns the variables of both networks, for an optimiser. Names start with `diseased.` or
     /// `covid.`, e.g. `diseased.fine.out.weight`.
     pub fn var_store(&self) -> &VarStore {
         &self.vs
