@@ -1,10 +1,12 @@
 //! Types shared by every lungstream stage: the stable reason codes that record why an input
-//! was rejected, and the report format ([`report`]).
+//! was rejected, the events and topics between the services ([`events`]), and the report
+//! format ([`report`]).
 //!
 //! A reason code is part of the public contract: it appears in dead-letter events, in
 //! reports ("rejected: not_axial") and as a metric label, so analysts and alerting rules
 //! match on it. Codes are only ever added, never renamed or reused.
 
+pub mod events;
 pub mod report;
 
 use std::fmt;
@@ -12,7 +14,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// Reason an input cannot be analysed, as a stable `snake_case` code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReasonCode {
     /// The bytes are not a readable DICOM Part 10 file (no preamble and `DICM` prefix,
@@ -65,6 +67,10 @@ pub enum ReasonCode {
     UnknownSchemaVersion,
     /// A series was started but never completed within the expiry time.
     IncompleteSeries,
+    /// An event is not valid JSON of its topic's type.
+    MalformedEvent,
+    /// An instance arrived again under a known SOP Instance UID with different bytes.
+    ConflictingInstance,
 }
 
 impl ReasonCode {
@@ -93,6 +99,8 @@ impl ReasonCode {
         ReasonCode::NoBackground,
         ReasonCode::UnknownSchemaVersion,
         ReasonCode::IncompleteSeries,
+        ReasonCode::MalformedEvent,
+        ReasonCode::ConflictingInstance,
     ];
 
     /// Returns the stable code, as used in events, reports and metric labels.
@@ -121,6 +129,8 @@ impl ReasonCode {
             ReasonCode::NoBackground => "no_background",
             ReasonCode::UnknownSchemaVersion => "unknown_schema_version",
             ReasonCode::IncompleteSeries => "incomplete_series",
+            ReasonCode::MalformedEvent => "malformed_event",
+            ReasonCode::ConflictingInstance => "conflicting_instance",
         }
     }
 }

@@ -260,6 +260,30 @@ fn check_declared_lengths(bytes: &[u8], total: u64, path: &Path) -> Result<(), R
     }
 }
 
+/// Reads and checks the header of a whole DICOM file held in memory (an upload), as
+/// [`read_header`] does for a file. `name` stands for the file in errors. Returns the
+/// header and the _SOP Class UID_ of the file meta group.
+///
+/// # Errors
+///
+/// As [`read_header`].
+pub fn read_header_bytes(bytes: &[u8], name: &Path, config: &ReaderConfig) -> Result<(SliceHeader, String), ReadError> {
+    let file_bytes = bytes.len() as u64;
+    if file_bytes > config.max_file_bytes {
+        return Err(ReadError::TooLarge {
+            subject: name.display().to_string(),
+            what: "the file size in bytes",
+            value: file_bytes,
+            limit: config.max_file_bytes,
+        });
+    }
+    let object = parse_object(bytes, name)?;
+    let has_pixel_data = object.element(tags::PIXEL_DATA).is_ok();
+    let header = header_from_object(&object, name, file_bytes, has_pixel_data, config)?;
+    let sop_class_uid = object.meta().media_storage_sop_class_uid().trim_end_matches('\0').to_string();
+    Ok((header, sop_class_uid))
+}
+
 /// Parses a whole DICOM Part 10 file held in memory (from a file or an object store).
 pub fn parse_object(bytes: &[u8], path: &Path) -> Result<DefaultDicomObject, ReadError> {
     parse_from_bytes(bytes, path, None)

@@ -1,0 +1,218 @@
+//! Kafka clients (rdkafka with its bundled librdkafka): an idempotent producer that waits
+//! for every acknowledgement, a consumer with manual commits that reports revoked
+//! partitions, and topic creation at start.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::bus::{BusError, Consumer, Message, Producer};
+use crate::config::KafkaConfig;
+
+/// The client properties every client shares: brokers, then the pass-through properties
+/// (security settings).
+fn base_config(config: &KafkaConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &config.brokers);
+    for (key, value) in &config.properties {
+        client.set(key, value);
+    }
+    client
+}
+
+fn next_client_number() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Creates `topics` with the configured partitions and replication; topics that exist
+/// are left as they are.
+///
+/// # Errors
+///
+/// [`BusError`] when the broker cannot be reached or refuses a topic for another reason.
+pub async fn ensure_topics(config: &KafkaConfig, topics: &[&str]) -> Result<(), BusError> {
+    let admin: AdminClient<DefaultClientContext> = base_config(config).create()?;
+    let names: Vec<String> = topics.iter().map(|t| format!("{}{t}", config.topic_prefix)).collect();
+    let new_topics: Vec<NewTopic> = names
+        .iter()
+        .map(|t| NewTopic::new(t, config.partitions, TopicReplication::Fixed(config.replication_factor)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin.create_topics(&new_topics, &options).await?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(BusError::Other(format!("cannot create topic {topic}: {code}"))),
+        }
+    }
+    Ok(())
+}
+
+/// A producer with idempotence on and `acks=all`: a send returns only after the broker
+/// has the event.
+#[derive(Clone)]
+pub struct KafkaProducer {
+    inner: FutureProducer,
+    timeout: Duration,
+    prefix: String,
+}
+
+impl KafkaProducer {
+    /// Connects a producer.
+    ///
+    /// # Errors
+    ///
+    /// [`BusError`] for invalid client properties.
+    pub fn connect(config: &KafkaConfig) -> Result<Producer, BusError> {
+        let inner: FutureProducer = base_config(config)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", config.delivery_timeout_ms.to_string())
+            .set("compression.type", "lz4")
+            .create()?;
+        Ok(Producer::Kafka(KafkaProducer {
+            inner,
+            timeout: Duration::from_millis(u64::from(config.delivery_timeout_ms)),
+            prefix: config.topic_prefix.clone(),
+        }))
+    }
+
+    pub(crate) async fn send(&self, topic: &str, key: &str, payload: &[u8], headers: &[(String, Vec<u8>)]) -> Result<(i32, i64), BusError> {
+        let mut owned = OwnedHeaders::new_with_capacity(headers.len());
+        for (name, value) in headers {
+            owned = owned.insert(Header {
+                key: name,
+                value: Some(value.as_slice()),
+            });
+        }
+        let full_topic = format!("{}{topic}", self.prefix);
+        let record = FutureRecord::to(&full_topic).key(key).payload(payload).headers(owned);
+        match self.inner.send(record, self.timeout).await {
+            Ok(delivery) => Ok((delivery.partition, delivery.offset)),
+            Err((source, _)) => Err(BusError::Delivery {
+                topic: topic.to_string(),
+                source,
+            }),
+        }
+    }
+}
+
+/// Records the partitions a rebalance takes away.
+#[derive(Default)]
+pub struct RebalanceTracker {
+    revoked: Arc<Mutex<Vec<(String, i32)>>>,
+}
+
+impl ClientContext for RebalanceTracker {}
+
+impl ConsumerContext for RebalanceTracker {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            let mut revoked = self.revoked.lock().expect("rebalance lock");
+            for element in partitions.elements() {
+                // Full topic names: callers compare partitions only.
+                revoked.push((element.topic().to_string(), element.partition()));
+            }
+            tracing::info!(count = partitions.count(), "Partitions revoked by a rebalance.");
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance {
+            tracing::info!(count = partitions.count(), "Partitions assigned by a rebalance.");
+        }
+    }
+}
+
+/// A group member that commits only when told to.
+pub struct KafkaConsumer {
+    inner: StreamConsumer<RebalanceTracker>,
+    revoked: Arc<Mutex<Vec<(String, i32)>>>,
+    prefix: String,
+}
+
+impl KafkaConsumer {
+    /// Joins `group` and subscribes to `topics`. A new group starts at the earliest event.
+    ///
+    /// # Errors
+    ///
+    /// [`BusError`] for invalid client properties or a failed subscription.
+    pub fn join(config: &KafkaConfig, group: &str, topics: &[&str]) -> Result<Consumer, BusError> {
+        let tracker = RebalanceTracker::default();
+        let revoked = tracker.revoked.clone();
+        // A client id per member: brokers tell members apart by it in logs and quotas.
+        let client_id = format!("{group}-{}-{}", std::process::id(), next_client_number());
+        let inner: StreamConsumer<RebalanceTracker> = base_config(config)
+            .set("client.id", client_id)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", config.session_timeout_ms.to_string())
+            .set("heartbeat.interval.ms", config.heartbeat_interval_ms.to_string())
+            .set("max.poll.interval.ms", config.max_poll_interval_ms.to_string())
+            .create_with_context(tracker)?;
+        let full: Vec<String> = topics.iter().map(|t| format!("{}{t}", config.topic_prefix)).collect();
+        let names: Vec<&str> = full.iter().map(String::as_str).collect();
+        inner.subscribe(&names)?;
+        Ok(Consumer::Kafka(KafkaConsumer {
+            inner,
+            revoked,
+            prefix: config.topic_prefix.clone(),
+        }))
+    }
+
+    pub(crate) async fn recv(&mut self) -> Result<Message, BusError> {
+        let message = self.inner.recv().await?;
+        let headers = message
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|header| (header.key.to_string(), header.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Message {
+            topic: message.topic().strip_prefix(self.prefix.as_str()).unwrap_or(message.topic()).to_string(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().unwrap_or_default().to_vec(),
+            headers,
+        })
+    }
+
+    pub(crate) fn commit(&mut self, topic: &str, partition: i32, next_offset: i64) -> Result<(), BusError> {
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(&format!("{}{topic}", self.prefix), partition, Offset::Offset(next_offset))?;
+        match self.inner.commit(&list, CommitMode::Sync) {
+            Ok(()) => Ok(()),
+            // The partition moved to another member meanwhile: that member replays
+            // from the last committed position, so nothing is lost.
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::IllegalGeneration | RDKafkaErrorCode::RebalanceInProgress)) => {
+                tracing::warn!(topic, partition, "Commit refused during a rebalance; the new owner replays.");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub(crate) fn take_revoked(&mut self) -> Vec<(String, i32)> {
+        std::mem::take(&mut *self.revoked.lock().expect("rebalance lock"))
+    }
+
+    pub(crate) fn close(self) {
+        self.inner.unsubscribe();
+        drop(self.inner);
+    }
+}

@@ -1,0 +1,23 @@
+//! What every lungstream service shares.
+//!
+//! - [`config`]: a TOML file with `LUNGSTREAM__SECTION__KEY` environment overrides;
+//! - [`bus`]: Kafka ([`kafka`]) and in-memory producers and consumers with one interface;
+//! - [`worker`]: the consumer loop that commits only after outputs are written, retries
+//!   transient failures and sends permanent ones to the dead-letter topic;
+//! - [`store`]: object stores from `s3://`, `file://` and `memory://` URLs;
+//! - [`ops`]: `/healthz`, `/readyz`, Prometheus `/metrics` and shutdown on SIGTERM;
+//! - [`telemetry`]: logs, and OpenTelemetry trace context carried in Kafka headers.
+
+pub mod bus;
+pub mod config;
+pub mod kafka;
+pub mod ops;
+pub mod store;
+pub mod telemetry;
+pub mod worker;
+
+pub use bus::{BusError, Consumer, MemoryBus, Message, Producer};
+pub use config::{KafkaConfig, RetryConfig};
+pub use ops::Ops;
+pub use store::{Created, Store, StoreError};
+pub use worker::{HandleError, Handler, Rejection, Worker};

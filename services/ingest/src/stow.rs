@@ -1,0 +1,246 @@
+//! DICOMweb STOW-RS (PS3.18 §10.5): `POST /studies` and `POST /studies/{study}` with a
+//! `multipart/related; type="application/dicom"` body, answered per instance in DICOM
+//! JSON. Also `POST /studies/{study}/series/{series}/commit`, this service's own
+//! extension, by which a client says a series is complete.
+//!
+//! The hospital is the one the bearer token belongs to. Each part is checked and stored
+//! on its own: good instances are stored even when others in the request fail, and each
+//! failure names its reason code.
+//!
+//! Status codes: 200 when every instance was stored, 202 when some were, 409 when none
+//! was, 503 (with `Retry-After`) when none was and the cause may pass (store or broker
+//! down), 400/415 for a body that is not a multipart/related request, 401 without a
+//! valid token, 413 over the request size limit.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use futures::StreamExt;
+use lungstream_schemas::events::{CommitTrigger, IngestSource};
+use lungstream_schemas::ReasonCode;
+use serde_json::{json, Map, Value};
+use tracing::Instrument;
+
+use crate::intake::{Accepted, Intake, Refused};
+use crate::multipart;
+use crate::tenants::Tenants;
+
+/// Media type of DICOM JSON responses.
+pub const DICOM_JSON: &str = "application/dicom+json";
+
+/// Most parts read from one request.
+const MAX_PARTS: usize = 100_000;
+
+/// Instances checked and stored at the same time within one request.
+const CONCURRENCY: usize = 8;
+
+/// State of the STOW-RS routes.
+pub struct StowState {
+    pub intake: Intake,
+    pub tenants: Arc<Tenants>,
+}
+
+/// The STOW-RS and commit routes; `max_request_bytes` limits a request body.
+pub fn router(state: Arc<StowState>, max_request_bytes: u64) -> Router {
+    Router::new()
+        .route("/studies", post(store_any_study))
+        .route("/studies/{study}", post(store_one_study))
+        .route("/studies/{study}/series/{series}/commit", post(commit_series))
+        .layer(DefaultBodyLimit::max(usize::try_from(max_request_bytes).unwrap_or(usize::MAX)))
+        .with_state(state)
+}
+
+/// The result of one part.
+enum PartResult {
+    Stored(Accepted),
+    Failed { refused: Refused },
+}
+
+async fn store_any_study(State(state): State<Arc<StowState>>, headers: HeaderMap, body: Bytes) -> Response {
+    store(state, headers, body, None).await
+}
+
+async fn store_one_study(State(state): State<Arc<StowState>>, Path(study): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+    store(state, headers, body, Some(study)).await
+}
+
+/// The hospital of the request's bearer token, or the 401 answer.
+fn authenticate(tenants: &Tenants, headers: &HeaderMap) -> Result<String, Box<Response>> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    match token.and_then(|t| tenants.by_token(t)) {
+        Some(hospital) => Ok(hospital.to_string()),
+        None => Err(Box::new(
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer realm=\"lungstream\"")],
+                "a valid bearer token is required\n",
+            )
+                .into_response(),
+        )),
+    }
+}
+
+async fn store(state: Arc<StowState>, headers: HeaderMap, body: Bytes, study: Option<String>) -> Response {
+    let hospital = match authenticate(&state.tenants, &headers) {
+        Ok(h) => h,
+        Err(response) => return *response,
+    };
+    // Each request starts a trace; the instance events carry it to the assembler.
+    let span = tracing::info_span!("stow_request", hospital = %hospital, bytes = body.len());
+    store_parts(state, headers, body, study, hospital).instrument(span).await
+}
+
+async fn store_parts(state: Arc<StowState>, headers: HeaderMap, body: Bytes, study: Option<String>, hospital: String) -> Response {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let related = match multipart::parse_content_type(content_type) {
+        Ok(r) => r,
+        Err(e) => return (StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("{e}\n")).into_response(),
+    };
+    if let Some(root) = &related.root_type {
+        if root != "application/dicom" {
+            return (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("only type=\"application/dicom\" is accepted, not {root:?}\n"),
+            )
+                .into_response();
+        }
+    }
+    let parts = match multipart::parse(&body, &related.boundary, MAX_PARTS) {
+        Ok(p) => p,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("cannot read the multipart body: {e}\n")).into_response(),
+    };
+    let intake = &state.intake;
+    let hospital_ref = hospital.as_str();
+    let study_ref = study.as_deref();
+    let results: Vec<PartResult> = futures::stream::iter(parts.into_iter().enumerate())
+        .map(|(i, part)| async move {
+            let label = format!("part {}", i + 1);
+            if let Some(media) = part.media_type() {
+                if media != "application/dicom" {
+                    let refused = Refused {
+                        reason: ReasonCode::InvalidDicom,
+                        detail: format!("{label} has type {media}, not application/dicom"),
+                        sop_instance_uid: None,
+                        sop_class_uid: None,
+                        transient: false,
+                    };
+                    return PartResult::Failed { refused };
+                }
+            }
+            match intake.accept(hospital_ref, part.body, IngestSource::StowRs, &label).await {
+                Ok(accepted) => match study_ref {
+                    Some(expected) if expected != accepted.study_uid => PartResult::Failed {
+                        refused: Refused {
+                            reason: ReasonCode::InvalidAttribute,
+                            detail: format!("{label} belongs to another study than the one in the URL"),
+                            sop_instance_uid: Some(accepted.sop_instance_uid),
+                            sop_class_uid: Some(accepted.sop_class_uid),
+                            transient: false,
+                        },
+                    },
+                    _ => PartResult::Stored(accepted),
+                },
+                Err(refused) => PartResult::Failed { refused },
+            }
+        })
+        .buffered(CONCURRENCY)
+        .collect()
+        .await;
+    respond(&hospital, &results)
+}
+
+/// The DICOM _Failure Reason_ (0008,1197) for a refusal.
+pub fn failure_reason(refused: &Refused) -> u16 {
+    if refused.transient {
+        return 0xA700; // Out of resources
+    }
+    match refused.reason {
+        ReasonCode::NotCt => 0x0122,               // SOP class not supported
+        ReasonCode::ConflictingInstance => 0x0111, // Duplicate SOP instance
+        _ => 0xC000,                               // Cannot understand
+    }
+}
+
+fn respond(hospital: &str, results: &[PartResult]) -> Response {
+    let mut referenced = Vec::new();
+    let mut failed = Vec::new();
+    let mut transient = false;
+    for result in results {
+        match result {
+            PartResult::Stored(a) => referenced.push(json!({
+                "00081150": {"vr": "UI", "Value": [a.sop_class_uid]},
+                "00081155": {"vr": "UI", "Value": [a.sop_instance_uid]},
+            })),
+            PartResult::Failed { refused } => {
+                transient |= refused.transient;
+                let mut item = Map::new();
+                if let Some(class) = &refused.sop_class_uid {
+                    item.insert("00081150".into(), json!({"vr": "UI", "Value": [class]}));
+                }
+                if let Some(uid) = &refused.sop_instance_uid {
+                    item.insert("00081155".into(), json!({"vr": "UI", "Value": [uid]}));
+                }
+                item.insert("00081197".into(), json!({"vr": "US", "Value": [failure_reason(refused)]}));
+                // Error Comment: the reason code first, so clients can match on it.
+                let comment = format!("{}: {}", refused.reason.as_str(), refused.detail);
+                item.insert("00000902".into(), json!({"vr": "LO", "Value": [comment]}));
+                failed.push(Value::Object(item));
+            }
+        }
+    }
+    tracing::info!(hospital, stored = referenced.len(), failed = failed.len(), "STOW-RS request handled.");
+    let status = if failed.is_empty() {
+        StatusCode::OK
+    } else if !referenced.is_empty() {
+        StatusCode::ACCEPTED
+    } else if transient {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::CONFLICT
+    };
+    let mut body = Map::new();
+    if !referenced.is_empty() {
+        body.insert("00081199".into(), json!({"vr": "SQ", "Value": referenced}));
+    }
+    if !failed.is_empty() {
+        body.insert("00081198".into(), json!({"vr": "SQ", "Value": failed}));
+    }
+    let mut response = (status, [(header::CONTENT_TYPE, DICOM_JSON)], Value::Object(body).to_string()).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+    }
+    response
+}
+
+async fn commit_series(State(state): State<Arc<StowState>>, Path((study, series)): Path<(String, String)>, headers: HeaderMap) -> Response {
+    let hospital = match authenticate(&state.tenants, &headers) {
+        Ok(h) => h,
+        Err(response) => return *response,
+    };
+    let valid_uid = |uid: &str| !uid.is_empty() && uid.len() <= 64 && uid.chars().all(|c| c.is_ascii_digit() || c == '.');
+    if !valid_uid(&study) || !valid_uid(&series) {
+        return (StatusCode::BAD_REQUEST, "study and series must be DICOM UIDs\n").into_response();
+    }
+    let span = tracing::info_span!("commit_request", hospital = %hospital);
+    let published = state
+        .intake
+        .commit(&hospital, &study, &series, CommitTrigger::ExplicitCommit)
+        .instrument(span)
+        .await;
+    match published {
+        Ok(()) => (StatusCode::ACCEPTED, "commit recorded\n").into_response(),
+        Err(e) => {
+            tracing::warn!("Cannot publish a commit: {e}");
+            (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "5")], "the broker is unavailable; try again\n").into_response()
+        }
+    }
+}
