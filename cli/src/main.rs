@@ -14,6 +14,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod analyze;
 mod bench;
 mod dataset;
+mod ingest;
 mod inspect;
 mod model;
 mod phantom;
@@ -53,6 +54,9 @@ enum Command {
     Evaluate(train::EvaluateArgs),
     /// Write data sets for training and evaluation, with their manifests.
     Dataset(dataset::DatasetArgs),
+    /// Send DICOM files to a running ingest service (STOW-RS or C-STORE). Exits with
+    /// status 4 when the service rejected some files, and lists them with the reasons.
+    Ingest(ingest::IngestArgs),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train::run_train(&args),
         Command::Evaluate(args) => train::run_evaluate(&args),
         Command::Dataset(args) => dataset::run(&args),
+        Command::Ingest(args) => ingest::run(&args),
     };
     match result {
         Ok(code) => code,
