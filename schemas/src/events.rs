@@ -37,7 +37,7 @@ pub mod topics {
 /// Version of the events defined here.
 pub const EVENT_SCHEMA_VERSION: &str = "1.0";
 
-/// Why an event's `schema_version` cannot be read by this build.
+/// Error for an event whose `schema_version` this build cannot read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UnknownVersion {
     pub found: String,
@@ -84,7 +84,7 @@ pub fn peek_schema_version(payload: &[u8]) -> Option<String> {
     serde_json::from_slice::<Versioned>(payload).ok().map(|v| v.schema_version)
 }
 
-/// How an instance reached the ingest service.
+/// Protocol by which an instance reached the ingest service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum IngestSource {
@@ -113,16 +113,16 @@ pub struct InstanceEvent {
     pub body: InstanceBody,
 }
 
-/// What an [`InstanceEvent`] reports.
+/// Content of an [`InstanceEvent`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum InstanceBody {
     /// One instance was stored and passed the header checks.
     Instance(StoredInstance),
-    /// The sender says the series is complete: a C-STORE association was released, or a
+    /// The sender marked the series complete: a C-STORE association was released, or a
     /// client called the commit endpoint.
     Commit {
-        /// Why the series is complete.
+        /// Cause of the completion.
         trigger: CommitTrigger,
     },
 }
@@ -137,8 +137,8 @@ pub struct StoredInstance {
     /// Key of the DICOM file in the object store.
     pub object_key: String,
     pub size_bytes: u64,
-    /// SHA-256 of the file, hex: two uploads of one SOP Instance UID with different
-    /// bytes are told apart by it.
+    /// SHA-256 of the file, hex. It distinguishes two uploads of one SOP Instance UID with
+    /// different bytes.
     pub sha256: String,
     /// _Instance Number_, when present.
     pub instance_number: Option<i32>,
@@ -150,7 +150,7 @@ pub struct StoredInstance {
     pub source: IngestSource,
 }
 
-/// What completed a series.
+/// Cause of a series' completion.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CommitTrigger {
@@ -209,9 +209,9 @@ pub struct DeadLetterEvent {
     pub detail: String,
     /// The service that gave up.
     pub service: String,
-    /// Where the original event was read, when there was one.
+    /// Position of the original event, when there was one.
     pub source: Option<SourcePosition>,
-    /// Hospital and series, when known, so a report can say "rejected: reason".
+    /// Hospital and series, when known, so a report can show "rejected: reason".
     pub hospital: Option<String>,
     pub study_uid: Option<String>,
     pub series_uid: Option<String>,
@@ -238,7 +238,7 @@ pub fn json_schema<T: JsonSchema>() -> String {
     text
 }
 
-/// The checked-in schema files: file name and generated text.
+/// Returns the checked-in schema files: file name and generated text.
 pub fn checked_in_schemas() -> Vec<(&'static str, String)> {
     vec![
         ("report.v1.schema.json", crate::report::report_json_schema()),

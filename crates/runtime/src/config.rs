@@ -102,7 +102,7 @@ pub struct KafkaConfig {
     /// Consumer session timeout, ms: a member silent this long leaves the group.
     pub session_timeout_ms: u32,
     pub heartbeat_interval_ms: u32,
-    /// Longest time between two polls before the member is considered stuck, ms. It
+    /// Maximum time between two polls before the member is considered stuck, ms. It
     /// must exceed the slowest message's processing time.
     pub max_poll_interval_ms: u32,
     /// How long a produced message may wait for the broker's acknowledgement, ms.
@@ -149,7 +149,7 @@ impl Default for RetryConfig {
 }
 
 impl RetryConfig {
-    /// The wait before retry number `attempt` (0 for the first retry).
+    /// Returns the wait before retry number `attempt` (0 for the first retry).
     pub fn delay(&self, attempt: u32) -> Duration {
         let factor = self.multiplier.max(1.0).powi(attempt.min(64) as i32);
         let ms = (self.initial_ms as f64 * factor).min(self.max_ms as f64);

@@ -18,7 +18,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use crate::bus::{BusError, Consumer, Message, Producer};
 use crate::config::KafkaConfig;
 
-/// The client properties every client shares: brokers, then the pass-through properties
+/// Builds the properties every client shares: brokers, then the pass-through properties
 /// (security settings).
 fn base_config(config: &KafkaConfig) -> ClientConfig {
     let mut client = ClientConfig::new();
@@ -134,7 +134,7 @@ impl ConsumerContext for RebalanceTracker {
     }
 }
 
-/// A group member that commits only when told to.
+/// A group member that commits only on request.
 pub struct KafkaConsumer {
     inner: StreamConsumer<RebalanceTracker>,
     revoked: Arc<Mutex<Vec<(String, i32)>>>,
@@ -197,10 +197,10 @@ impl KafkaConsumer {
         list.add_partition_offset(&format!("{}{topic}", self.prefix), partition, Offset::Offset(next_offset))?;
         match self.inner.commit(&list, CommitMode::Sync) {
             Ok(()) => Ok(()),
-            // The partition moved to another member meanwhile: that member replays
-            // from the last committed position, so nothing is lost.
+            // The partition moved to another member meanwhile. That member starts from the
+            // last committed position, so the events after it are handled again.
             Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::IllegalGeneration | RDKafkaErrorCode::RebalanceInProgress)) => {
-                tracing::warn!(topic, partition, "Commit refused during a rebalance; the new owner replays.");
+                tracing::warn!(topic, partition, next_offset, "Commit rejected during a rebalance; the new owner handles these events again.");
                 Ok(())
             }
             Err(e) => Err(e.into()),

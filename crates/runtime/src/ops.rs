@@ -86,7 +86,7 @@ impl Metrics {
         self.registry.lock().expect("metrics lock").register(name, help, metric);
     }
 
-    /// The metrics in the Prometheus text format.
+    /// Encodes the metrics in the Prometheus text format.
     pub fn encode(&self) -> String {
         let mut text = String::new();
         let registry = self.registry.lock().expect("metrics lock");
@@ -117,8 +117,8 @@ impl Ops {
         self.ready.load(Ordering::SeqCst)
     }
 
-    /// The router of `/healthz`, `/readyz` and `/metrics`; services merge their own
-    /// routes into it.
+    /// Builds the router of `/healthz`, `/readyz` and `/metrics`. Services merge their
+    /// own routes into it.
     pub fn router(self: &Arc<Ops>) -> Router {
         Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
@@ -164,7 +164,7 @@ pub async fn serve(
     Ok((address, task))
 }
 
-/// A token cancelled on SIGTERM or SIGINT (Ctrl-C).
+/// Returns a token that is cancelled on SIGTERM or SIGINT (Ctrl-C).
 pub fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
     let cancel = token.clone();
@@ -213,7 +213,7 @@ mod tests {
         task.await.unwrap().unwrap();
     }
 
-    /// A minimal HTTP/1.1 GET over a TCP stream, so the test needs no client crate.
+    /// Sends a minimal HTTP/1.1 GET over a TCP stream, so the test needs no client crate.
     async fn reqwest_lite(url: &str) -> (u16, String) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let rest = url.strip_prefix("http://").unwrap();

@@ -33,8 +33,8 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether the failure may go away by itself (network, server), as opposed to a
-    /// missing object or a configuration error.
+    /// Returns whether the failure may go away by itself (network, server), as opposed
+    /// to a missing object or a configuration error.
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Backend { source, .. } => !matches!(
@@ -52,10 +52,10 @@ impl StoreError {
     }
 }
 
-/// What a create-only write found.
+/// Outcome of a create-only write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Created {
-    /// The object did not exist and now holds the bytes.
+    /// The object did not exist and now contains the bytes.
     New,
     /// An object was already there; it was left as it was.
     Existed,
@@ -133,12 +133,12 @@ impl Store {
         })
     }
 
-    /// The URL the store was opened from.
+    /// Returns the URL the store was opened from.
     pub fn url(&self) -> &str {
         &self.url
     }
 
-    /// The underlying `object_store` handle.
+    /// Returns the underlying `object_store` handle.
     pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
         &self.inner
     }

@@ -33,8 +33,8 @@ pub fn init(service: &'static str) {
         .try_init();
 }
 
-/// The trace context of the current span as Kafka headers (`traceparent`, and
-/// `tracestate` when set). Empty when tracing is not initialised.
+/// Returns the trace context of the current span as Kafka headers (`traceparent`, and
+/// `tracestate` when set). The list is empty when tracing is not initialised.
 pub fn current_trace_headers() -> Vec<(String, Vec<u8>)> {
     let context = tracing::Span::current().context();
     if !context.span().span_context().is_valid() {
@@ -84,7 +84,7 @@ pub fn adopt_parent(span: &tracing::Span, headers: &[(String, Vec<u8>)]) {
     }
 }
 
-/// The trace id of a span as 32 hex digits, when tracing is on.
+/// Returns the trace id of a span as 32 hex digits, when tracing is on.
 pub fn trace_id(span: &tracing::Span) -> Option<String> {
     let context = span.context();
     let span_context = context.span().span_context().clone();

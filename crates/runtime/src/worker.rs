@@ -5,8 +5,8 @@
 //! topic with a reason code, and the offset is committed) or transient (store or broker
 //! unavailable: the same event is retried with exponential backoff, for as long as it
 //! takes, and never dead-lettered). On shutdown the loop finishes the event in hand,
-//! commits, and leaves the group; an event interrupted in a retry wait is not committed
-//! and will be handled again by the next owner.
+//! commits, and leaves the group. An event interrupted in a retry wait is not committed,
+//! so the next owner of the partition handles it again.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use crate::bus::{BusError, Consumer, Message, Producer};
 use crate::config::RetryConfig;
 use crate::ops::{EventLabels, Ops, ReasonLabels, StageLabels};
 
-/// Why a handler could not finish an event.
+/// Error of a handler that could not finish an event.
 #[derive(Debug)]
 pub enum HandleError {
     /// The event can never be handled: it goes to the dead-letter topic.
@@ -31,7 +31,7 @@ pub enum HandleError {
 }
 
 /// A permanent failure: the reason code, a sentence without patient attributes, and the
-/// ids that let a report say "rejected: reason".
+/// ids a report needs to show "rejected: reason".
 #[derive(Clone, Debug, Default)]
 pub struct Rejection {
     pub reason: Option<ReasonCode>,
@@ -42,7 +42,7 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    /// A rejection with a reason and a detail and no ids.
+    /// Creates a rejection with a reason and a detail and no ids.
     pub fn new(reason: ReasonCode, detail: impl Into<String>) -> Rejection {
         Rejection {
             reason: Some(reason),
@@ -121,8 +121,8 @@ impl Worker {
             match outcome {
                 Outcome::Done => {
                     if let Err(error) = consumer.commit(&message.topic, message.partition, message.offset + 1) {
-                        // The event will be handled again by whoever owns the partition;
-                        // outputs are idempotent.
+                        // The partition's next owner handles the event again, which is safe
+                        // because outputs are idempotent.
                         tracing::warn!(service = self.service, "Commit failed ({error}); the event may be handled again.");
                     }
                 }

@@ -1,7 +1,7 @@
 //! Series assembly: `ct.instances.v1` events in, one `ct.series.v1` event per complete
 //! series out.
 //!
-//! A series is complete when its sender says so (a C-STORE association released, the
+//! A series is complete when its sender marks it so (a C-STORE association released, the
 //! commit endpoint called), or when no instance has arrived for the quiet period and its
 //! stack has no gap (contiguous instance numbers, no slice spacing far above the
 //! median). A series still incomplete at the expiry time goes to the dead-letter topic as
@@ -50,7 +50,7 @@ pub struct SeriesId {
 }
 
 impl SeriesId {
-    /// The folder of the series' records in the store.
+    /// Returns the folder of the series' records in the store.
     pub fn record_prefix(&self) -> String {
         format!(
             "series/{}/{}/{}",
@@ -83,7 +83,7 @@ struct Pending {
     revision: u32,
 }
 
-/// What the assembler decided about an open series.
+/// Decision of the assembler about an open series.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Decision {
     /// The series is complete: send this event.
@@ -189,7 +189,7 @@ impl Assembly {
         self.next_offsets.insert(partition, offset + 1);
     }
 
-    /// The decisions due at `now`. The series stay open until [`Assembly::close`].
+    /// Returns the decisions due at `now`. The series stay open until [`Assembly::close`].
     pub fn due(&self, now: OffsetDateTime) -> Vec<Decision> {
         let mut ids: Vec<&SeriesId> = self.open.keys().collect();
         ids.sort();
@@ -280,8 +280,8 @@ impl Assembly {
         self.next_offsets.remove(&partition);
     }
 
-    /// The position each partition may be committed to: the first event of its oldest
-    /// open series, or everything read.
+    /// Returns the position each partition may be committed to: the first event of its
+    /// oldest open series, or everything read.
     pub fn commit_positions(&self) -> BTreeMap<i32, i64> {
         let mut positions: BTreeMap<i32, i64> = self.next_offsets.iter().map(|(p, o)| (*p, *o)).collect();
         for pending in self.open.values() {
@@ -292,7 +292,7 @@ impl Assembly {
     }
 }
 
-/// Why the stack of an open series looks incomplete, or `None`.
+/// Describes why the stack of an open series looks incomplete, or returns `None`.
 fn stack_problem(pending: &Pending, max_gap_ratio: f64) -> Option<String> {
     let numbers: Option<Vec<i32>> = pending.instances.values().map(|i| i.instance_number).collect();
     if let Some(mut numbers) = numbers {
@@ -557,8 +557,8 @@ impl Assembler {
             .inc();
     }
 
-    /// Runs `operation` until it succeeds, with backoff; gives `None`-like defaults only
-    /// on shutdown.
+    /// Runs `operation` until it succeeds, with backoff. On shutdown it returns the
+    /// default value instead.
     async fn retry_until_done<T: Default, F, Fut, E>(&self, shutdown: &CancellationToken, mut operation: F) -> T
     where
         F: FnMut() -> Fut,

@@ -1,5 +1,5 @@
 //! The STOW-RS client behind `lungstream ingest --url URL DIR`: sends DICOM files in
-//! batches, reports each file the server refused with its reason, then commits every
+//! batches, reports each file the server rejected with its reason, then commits every
 //! series it stored instances of, so the series is analysed without waiting for the
 //! quiet period.
 
@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::multipart;
 
-/// Where and how to upload.
+/// Settings of an upload.
 #[derive(Clone, Debug)]
 pub struct UploadOptions {
     /// Base URL of the ingest service, e.g. `http://127.0.0.1:8080`.
@@ -25,7 +25,7 @@ pub struct UploadOptions {
     pub batch_bytes: usize,
     /// Commit the uploaded series at the end.
     pub commit: bool,
-    /// How often a request answered 503 (store or broker down) is tried again.
+    /// Number of retries of a request that got HTTP 503 (store or broker down).
     pub retries: u32,
 }
 
@@ -41,19 +41,19 @@ impl UploadOptions {
     }
 }
 
-/// What an upload did.
+/// Result of an upload.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct UploadSummary {
     pub stored: usize,
-    /// Files the server refused, with its reason (`reason_code: detail`).
+    /// Files the server rejected, with the reason (`reason_code: detail`).
     pub rejected: Vec<(PathBuf, String)>,
     /// Series committed: (study UID, series UID).
     pub committed: Vec<(String, String)>,
 }
 
-/// The UIDs a file declares, read locally to match the server's answers and to know
-/// which series to commit. `None` for files that cannot be read; they are sent anyway
-/// and the server says why they fail.
+/// Reads the UIDs a file declares, to match them with the server's response and to know
+/// which series to commit. Returns `None` for files that cannot be read: they are sent
+/// anyway, and the server's response gives the reason they fail.
 fn local_uids(path: &PathBuf) -> Option<(String, String, String)> {
     let object = OpenFileOptions::new().read_until(tags::PIXEL_DATA).open_file(path).ok()?;
     let text = |tag| {
@@ -70,8 +70,8 @@ fn local_uids(path: &PathBuf) -> Option<(String, String, String)> {
 ///
 /// # Errors
 ///
-/// A file cannot be read, the server cannot be reached, the token is refused, or the
-/// server keeps answering 503.
+/// A file cannot be read, the server cannot be reached, the token is rejected, or the
+/// server keeps responding with 503.
 pub async fn upload(files: &[PathBuf], options: &UploadOptions, mut progress: impl FnMut(usize)) -> anyhow::Result<UploadSummary> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(600)).build()?;
     let mut summary = UploadSummary::default();
@@ -133,20 +133,20 @@ async fn send_batch(
         let text = response.text().await.unwrap_or_default();
         match status {
             200 | 202 | 409 => break text,
-            401 => anyhow::bail!("the server refused the token (HTTP 401)"),
+            401 => anyhow::bail!("the server rejected the token (HTTP 401): check --token or LUNGSTREAM_TOKEN"),
             503 if attempt < options.retries => {
                 attempt += 1;
                 tokio::time::sleep(Duration::from_secs(2 * u64::from(attempt))).await;
             }
-            _ => anyhow::bail!("the server answered HTTP {status}: {}", text.trim()),
+            _ => anyhow::bail!("the server responded with HTTP {status}: {}", text.trim()),
         }
     };
-    let answer: Value = serde_json::from_str(&answer).map_err(|e| anyhow::anyhow!("the server's answer is not DICOM JSON: {e}"))?;
+    let answer: Value = serde_json::from_str(&answer).map_err(|e| anyhow::anyhow!("the server's response is not DICOM JSON: {e}"))?;
     let stored: BTreeSet<String> = sequence(&answer, "00081199").iter().filter_map(|item| first_string(item, "00081155")).collect();
     let mut failures: HashMap<String, String> = HashMap::new();
     let mut failures_by_part: HashMap<usize, String> = HashMap::new();
     for item in sequence(&answer, "00081198") {
-        let comment = first_string(&item, "00000902").unwrap_or_else(|| "refused without a comment".into());
+        let comment = first_string(&item, "00000902").unwrap_or_else(|| "rejected without an error comment".into());
         match first_string(&item, "00081155") {
             Some(uid) => {
                 failures.insert(uid, comment);
@@ -188,7 +188,8 @@ fn first_string(item: &Value, tag: &str) -> Option<String> {
     item[tag]["Value"][0].as_str().map(str::to_string)
 }
 
-/// A boundary that does not occur in DICOM data by chance.
+/// Returns a random number for the multipart boundary, so it does not occur in DICOM
+/// data by chance.
 fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 #[serde(default, deny_unknown_fields)]
 pub struct IngestConfig {
     pub kafka: KafkaConfig,
-    /// Where instances go: `s3://bucket[/prefix]`, `file:///path` or `memory://`.
+    /// Object store of the instances: `s3://bucket[/prefix]`, `file:///path` or `memory://`.
     pub store_url: String,
     /// S3 settings over the `AWS_*` environment variables: `aws_endpoint`,
     /// `aws_allow_http`, `aws_region`, … (names as in `object_store`). Keep keys in the
@@ -75,7 +75,8 @@ pub struct Limits {
     pub max_instance_bytes: u64,
     /// Largest _Rows_ or _Columns_.
     pub max_matrix: u32,
-    /// Most instances in one series; more are refused (`too_large`).
+    /// Maximum instances in one series; a larger series goes to the dead-letter topic
+    /// (`too_large`).
     pub max_instances_per_series: usize,
 }
 

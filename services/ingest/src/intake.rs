@@ -1,4 +1,4 @@
-//! What happens to one received DICOM instance, whichever protocol brought it: header
+//! Handling of one received DICOM instance, whichever protocol brought it: header
 //! checks, storage under a deterministic key, and one `ct.instances.v1` event.
 
 use std::path::Path;
@@ -57,7 +57,7 @@ impl Refused {
     }
 }
 
-/// The object key of an instance.
+/// Returns the object key of an instance.
 pub fn instance_key(hospital: &str, study_uid: &str, series_uid: &str, sop_instance_uid: &str) -> String {
     format!(
         "instances/{}/{}/{}/{}.dcm",

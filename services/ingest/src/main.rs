@@ -23,7 +23,7 @@ struct Args {
     /// TOML configuration file; `LUNGSTREAM__SECTION__KEY` variables override it.
     #[arg(long, env = "LUNGSTREAM_CONFIG")]
     config: Option<PathBuf>,
-    /// Which parts to run in this process.
+    /// Parts to run in this process.
     #[arg(long, value_enum, default_value = "all")]
     role: Role,
 }

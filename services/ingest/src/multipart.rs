@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use memchr::memmem;
 
-/// Why a body or its `Content-Type` cannot be read.
+/// Error for a body or `Content-Type` that cannot be read.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MultipartError {
     #[error("Content-Type must be multipart/related, not {0:?}")]
@@ -36,13 +36,13 @@ pub struct Part {
 }
 
 impl Part {
-    /// The value of header `name` (lowercase).
+    /// Returns the value of header `name` (lowercase).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
-    /// The media type of the part without parameters, lowercased; `None` without a
-    /// `Content-Type` header.
+    /// Returns the media type of the part without parameters, lowercased, or `None`
+    /// without a `Content-Type` header.
     pub fn media_type(&self) -> Option<String> {
         self.header("content-type").map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
     }

@@ -17,7 +17,7 @@ use crate::intake::Intake;
 use crate::stow::{self, StowState};
 use crate::tenants::Tenants;
 
-/// Which parts of the service run in this process.
+/// Parts of the service that run in this process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Roles {
     /// STOW-RS, commit endpoint and (when configured) the C-STORE SCP.
@@ -69,7 +69,7 @@ pub async fn start(config: IngestConfig, roles: Roles, shutdown: CancellationTok
     let store = Store::open_with(&config.store_url, &config.store_options)?;
     let tenants = Arc::new(Tenants::new(&config.tenants)?);
     if roles.intake && config.tenants.is_empty() {
-        tracing::warn!("No tenants are configured: every upload will be refused.");
+        tracing::warn!("No tenants are configured: every upload will be rejected. Add [[tenants]] to the configuration.");
     }
     let ops = Ops::new();
     let mut attempt = 0;
@@ -81,7 +81,7 @@ pub async fn start(config: IngestConfig, roles: Roles, shutdown: CancellationTok
                 attempt += 1;
                 tracing::warn!(brokers = %config.kafka.brokers, "Cannot create the topics ({error}); retrying in {delay:?}.");
                 tokio::select! {
-                    () = shutdown.cancelled() => anyhow::bail!("stopped before the broker answered"),
+                    () = shutdown.cancelled() => anyhow::bail!("stopped before the broker at {} responded", config.kafka.brokers),
                     () = tokio::time::sleep(delay) => {}
                 }
             }

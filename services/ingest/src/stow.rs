@@ -45,7 +45,7 @@ pub struct StowState {
     pub tenants: Arc<Tenants>,
 }
 
-/// The STOW-RS and commit routes; `max_request_bytes` limits a request body.
+/// Builds the STOW-RS and commit routes; `max_request_bytes` limits a request body.
 pub fn router(state: Arc<StowState>, max_request_bytes: u64) -> Router {
     Router::new()
         .route("/studies", post(store_any_study))
@@ -69,7 +69,7 @@ async fn store_one_study(State(state): State<Arc<StowState>>, Path(study): Path<
     store(state, headers, body, Some(study)).await
 }
 
-/// The hospital of the request's bearer token, or the 401 answer.
+/// Returns the hospital of the request's bearer token, or the 401 response.
 fn authenticate(tenants: &Tenants, headers: &HeaderMap) -> Result<String, Box<Response>> {
     let token = headers
         .get(header::AUTHORIZATION)
@@ -158,7 +158,7 @@ async fn store_parts(state: Arc<StowState>, headers: HeaderMap, body: Bytes, stu
     respond(&hospital, &results)
 }
 
-/// The DICOM _Failure Reason_ (0008,1197) for a refusal.
+/// Returns the DICOM _Failure Reason_ (0008,1197) for a refusal.
 pub fn failure_reason(refused: &Refused) -> u16 {
     if refused.transient {
         return 0xA700; // Out of resources

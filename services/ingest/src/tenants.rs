@@ -1,5 +1,5 @@
-//! Which hospital a request comes from: from its bearer token (STOW-RS) or its calling
-//! AE title (C-STORE), never from anything in the request body.
+//! Tenant lookup: a request's hospital comes from its bearer token (STOW-RS) or its
+//! calling AE title (C-STORE), never from anything in the request body.
 
 use crate::config::Tenant;
 
@@ -47,8 +47,8 @@ impl Tenants {
         Ok(table)
     }
 
-    /// The hospital of a bearer token. Every token is compared in full, so the time taken
-    /// does not tell how much of a guess was right.
+    /// Returns the hospital of a bearer token. Every token is compared in full, so the
+    /// time taken does not reveal how much of a guess was right.
     pub fn by_token(&self, token: &str) -> Option<&str> {
         let mut found = None;
         for (known, hospital) in &self.tokens {
@@ -59,7 +59,7 @@ impl Tenants {
         found
     }
 
-    /// The hospital of a calling AE title (trailing spaces ignored).
+    /// Returns the hospital of a calling AE title (trailing spaces ignored).
     pub fn by_ae_title(&self, title: &str) -> Option<&str> {
         let title = title.trim();
         self.ae_titles.iter().find(|(t, _)| t == title).map(|(_, h)| h.as_str())

@@ -12,7 +12,8 @@ use lungstream_runtime::kafka::KafkaConsumer;
 use lungstream_runtime::{KafkaConfig, Message, Store};
 use lungstream_schemas::events::{DeadLetterEvent, SeriesEvent};
 
-/// The real test data folder: `LUNGSTREAM_DATA`, or `../shared/data` beside the checkout.
+/// Returns the real test data folder: `LUNGSTREAM_DATA`, or `../shared/data` beside the
+/// checkout.
 pub fn data_dir() -> PathBuf {
     let dir = std::env::var_os("LUNGSTREAM_DATA")
         .map(PathBuf::from)
@@ -21,7 +22,7 @@ pub fn data_dir() -> PathBuf {
     dir
 }
 
-/// The 134 files of the real CT series, by name.
+/// Returns the 134 files of the real CT series, by name.
 pub fn series_files() -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(data_dir().join("ct/pancreas-ct-cb-001"))
         .unwrap()
@@ -45,7 +46,8 @@ pub struct Servers {
 }
 
 impl Servers {
-    /// Checks that both servers answer and picks a fresh topic prefix and store folder.
+    /// Checks that both servers accept connections and picks a fresh topic prefix and
+    /// store folder.
     pub fn new(name: &str) -> Servers {
         let kafka_port = port("LUNGSTREAM_KAFKA_PORT", 19092);
         let s3_port = port("LUNGSTREAM_S3_PORT", 18333);
@@ -86,7 +88,7 @@ impl Servers {
         Store::open_with(&self.store_url, &self.store_options).unwrap()
     }
 
-    /// An ingest configuration on these servers with one hospital, `north`.
+    /// Returns an ingest configuration on these servers with one hospital, `north`.
     pub fn config(&self, quiet_period_s: f64, expiry_s: f64) -> IngestConfig {
         IngestConfig {
             kafka: self.kafka.clone(),
