@@ -256,3 +256,23 @@ async fn killed_ingest_loses_nothing() {
     assert_eq!(later.len(), 1, "exactly one series event");
     process.kill();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_ingest_cleanly() {
+    let servers = Servers::new("sigterm");
+    let dir = tempfile::tempdir().unwrap();
+    let process = IngestProcess::start(&servers.config(30.0, 600.0), dir.path(), free_port());
+    process.wait_ready().await;
+    let IngestProcess { mut child, .. } = process;
+    let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(std::time::Instant::now() < deadline, "the service did not stop within 20 s of SIGTERM");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(exit.success(), "{exit:?}");
+}
