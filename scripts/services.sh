@@ -12,7 +12,7 @@
 #   scripts/services.sh down     stop both (data stays)
 #   scripts/services.sh reset    stop both and delete their data
 #   scripts/services.sh status   print whether each is running
-#   scripts/services.sh env      print the environment variables that point at them
+#   scripts/services.sh env      print the S3 credentials and endpoint as environment variables
 #   scripts/services.sh restart-broker   stop and start tansu only (fault tests)
 #
 # Ports: LUNGSTREAM_S3_PORT (default 18333) and LUNGSTREAM_KAFKA_PORT (default 19092).
@@ -118,8 +118,8 @@ stop() {
 
 print_env() {
     cat <<EOF
-export LUNGSTREAM_KAFKA_BROKERS=127.0.0.1:$kafka_port
-export LUNGSTREAM_STORE_URL=s3://$bucket
+# In the service configuration: [kafka] brokers = "127.0.0.1:$kafka_port" and
+# store_url = "s3://$bucket/<folder>" (or LUNGSTREAM__KAFKA__BROKERS, LUNGSTREAM__STORE_URL).
 export AWS_ENDPOINT=http://127.0.0.1:$s3_port
 export AWS_ALLOW_HTTP=true
 export AWS_ACCESS_KEY_ID=$access_key

@@ -53,17 +53,6 @@ fn collect_files(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Checks for the `DICM` prefix after the 128-byte preamble (or at the start).
-fn has_dicm_prefix(path: &std::path::Path) -> bool {
-    use std::io::Read;
-    let mut head = [0u8; 132];
-    let Ok(mut file) = std::fs::File::open(path) else {
-        return false;
-    };
-    let read = file.read(&mut head).unwrap_or(0);
-    (read >= 132 && &head[128..132] == b"DICM") || (read >= 4 && &head[..4] == b"DICM")
-}
-
 /// Runs `lungstream ingest`. Exits with status 4 when the service rejected some files.
 pub fn run(args: &IngestArgs) -> anyhow::Result<ExitCode> {
     let files = collect_files(&args.inputs)?;
@@ -71,15 +60,24 @@ pub fn run(args: &IngestArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("no files found under the inputs");
     }
     let rejected: Vec<(PathBuf, String)> = if let Some(address) = &args.dicom {
-        // DIMSE carries data sets only: files without a DICOM Part 10 header are listed
-        // here instead of being sent.
-        let (dicom, other): (Vec<PathBuf>, Vec<PathBuf>) = files.iter().cloned().partition(|f| has_dicm_prefix(f.as_path()));
-        let mut rejected: Vec<(PathBuf, String)> = other
-            .into_iter()
-            .map(|f| (f, "invalid_dicom: not a DICOM Part 10 file (no DICM prefix), not sent".to_string()))
-            .collect();
+        // DIMSE carries data sets with their UIDs: files without a readable DICOM Part 10
+        // header are listed here instead of being sent.
+        let mut dicom = Vec::new();
+        let mut rejected: Vec<(PathBuf, String)> = Vec::new();
+        for file in &files {
+            match lungstream_ingest::cstore::check_sendable(file) {
+                Ok(()) => dicom.push(file.clone()),
+                Err(error) => rejected.push((file.clone(), format!("invalid_dicom: not sent: {error:#}"))),
+            }
+        }
         if !dicom.is_empty() {
-            let outcomes = lungstream_ingest::cstore::send_files(address, &args.calling_ae, &args.called_ae, &dicom)?;
+            let outcomes = lungstream_ingest::cstore::send_files(address, &args.calling_ae, &args.called_ae, &dicom).map_err(|e| {
+                if format!("{e:#}").contains("calling AE title not recognized") {
+                    e.context(format!("the service does not know the calling AE title {:?}: pass --calling-ae with a title listed for your hospital", args.calling_ae))
+                } else {
+                    e
+                }
+            })?;
             let stored = outcomes.iter().filter(|o| o.status == 0).count();
             eprintln!("{stored} of {} files stored by C-STORE; the association was released.", files.len());
             rejected.extend(
@@ -92,6 +90,9 @@ pub fn run(args: &IngestArgs) -> anyhow::Result<ExitCode> {
         rejected
     } else {
         let url = args.url.as_deref().expect("clap requires --url without --dicom");
+        if !url.starts_with("http://") && !url.starts_with("https://") {
+            anyhow::bail!("--url must start with http:// or https://, for example http://127.0.0.1:8080 (got {url:?})");
+        }
         let token = args
             .token
             .as_deref()

@@ -69,8 +69,10 @@ pub enum ReasonCode {
     IncompleteSeries,
     /// An event is not valid JSON of its topic's type.
     MalformedEvent,
-    /// An instance arrived again under a known SOP Instance UID with different bytes.
+    /// An instance arrived again under a known SOP Instance UID with a different data set.
     ConflictingInstance,
+    /// The object store or the broker did not respond; sending the input again may work.
+    Unavailable,
 }
 
 impl ReasonCode {
@@ -101,6 +103,7 @@ impl ReasonCode {
         ReasonCode::IncompleteSeries,
         ReasonCode::MalformedEvent,
         ReasonCode::ConflictingInstance,
+        ReasonCode::Unavailable,
     ];
 
     /// Returns the stable code, as used in events, reports and metric labels.
@@ -131,6 +134,7 @@ impl ReasonCode {
             ReasonCode::IncompleteSeries => "incomplete_series",
             ReasonCode::MalformedEvent => "malformed_event",
             ReasonCode::ConflictingInstance => "conflicting_instance",
+            ReasonCode::Unavailable => "unavailable",
         }
     }
 }

@@ -130,6 +130,21 @@ pub fn read_file_meta(bytes: &[u8]) -> Option<(usize, String)> {
     Some((data_set_offset, uid.trim_end_matches(['\0', ' ']).to_string()))
 }
 
+/// Returns the offset of the data set in a whole DICOM Part 10 file (with or without the
+/// 128-byte preamble) and its _Transfer Syntax UID_, or `None` when the file meta group
+/// cannot be read.
+pub fn data_set_start(file: &[u8]) -> Option<(usize, String)> {
+    let dicm = if file.get(128..132) == Some(b"DICM".as_slice()) {
+        128
+    } else if file.get(..4) == Some(b"DICM".as_slice()) {
+        0
+    } else {
+        return None;
+    };
+    let (offset, transfer_syntax) = read_file_meta(&file[dicm..])?;
+    Some((dicm + offset, transfer_syntax))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

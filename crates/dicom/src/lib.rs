@@ -25,6 +25,7 @@ mod volume;
 
 pub use config::ReaderConfig;
 pub use error::{ReadError, SliceGap};
+pub use lengths::data_set_start;
 pub use header::{header_from_object, parse_object, read_header, read_header_bytes, PixelPadding, SliceHeader};
 pub use patient_key::patient_key;
 pub use series::{load_volume, read_volume, DuplicateFile, Inventory, SkippedFile, StackCandidate};

@@ -52,7 +52,14 @@ pub fn load_from<T: DeserializeOwned>(file: Option<&Path>, vars: &[(String, Stri
         set_path(&mut table, &keys, parse_scalar(value))
             .map_err(|e| anyhow::anyhow!("environment variable {name}: {e}"))?;
     }
-    T::deserialize(toml::Value::Table(table)).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
+    let from_env: Vec<&str> = vars.iter().filter(|(n, _)| n.starts_with(ENV_PREFIX)).map(|(n, _)| n.as_str()).collect();
+    let sources = match (file, from_env.is_empty()) {
+        (Some(path), true) => path.display().to_string(),
+        (Some(path), false) => format!("{} and {}", path.display(), from_env.join(", ")),
+        (None, false) => from_env.join(", "),
+        (None, true) => "the defaults".to_string(),
+    };
+    T::deserialize(toml::Value::Table(table)).map_err(|e| anyhow::anyhow!("invalid configuration in {sources}: {e}"))
 }
 
 fn parse_scalar(text: &str) -> toml::Value {
@@ -196,6 +203,7 @@ mod tests {
         ];
         let error = load_from::<Sample>(None, &vars).unwrap_err().to_string();
         assert!(error.contains("broker"), "{error}");
+        assert!(error.contains("LUNGSTREAM__KAFKA__BROKER"), "{error}");
         let missing = Path::new("/nonexistent/lungstream.toml");
         let error = load_from::<Sample>(Some(missing), &[]).unwrap_err().to_string();
         assert!(error.contains("/nonexistent/lungstream.toml"), "{error}");

@@ -108,6 +108,21 @@ impl Store {
                 if bucket.is_empty() {
                     return Err(invalid("no bucket name".into()));
                 }
+                // Without credentials, object_store would ask the cloud's instance metadata
+                // service, which outside that cloud means a long wait and a vague error.
+                let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+                let has_credentials = options.contains_key("aws_access_key_id")
+                    || options.get("aws_skip_signature").is_some_and(|v| v == "true")
+                    || ["AWS_ACCESS_KEY_ID", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"]
+                        .iter()
+                        .any(|name| set(name));
+                if !has_credentials {
+                    return Err(invalid(
+                        "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or aws_access_key_id in the store options), \
+                         or use a Kubernetes service account (AWS_WEB_IDENTITY_TOKEN_FILE)"
+                            .into(),
+                    ));
+                }
                 let mut builder = AmazonS3Builder::from_env();
                 for (key, value) in options {
                     let key: object_store::aws::AmazonS3ConfigKey = key.parse().map_err(|e: object_store::Error| invalid(e.to_string()))?;

@@ -213,7 +213,13 @@ impl Assembly {
                     .then_some(CommitTrigger::QuietPeriod),
                 None => None,
             };
-            if let Some(trigger) = trigger {
+            if let (Some(_), true) = (trigger, pending.instances.len() < self.config.min_instances) {
+                decisions.push(self.give_up(id, pending, ReasonCode::TooFewSlices, format!(
+                    "the series is complete with {} instance(s), fewer than the {} the analysis needs",
+                    pending.instances.len(),
+                    self.config.min_instances
+                )));
+            } else if let Some(trigger) = trigger {
                 decisions.push(Decision::Complete(self.series_event(id, pending, trigger, now)));
             } else if quiet_for >= self.config.expiry() {
                 let problem = stack_problem(pending, self.config.max_gap_ratio).unwrap_or_else(|| "no commit arrived".into());
@@ -601,6 +607,7 @@ mod tests {
         AssemblerConfig {
             quiet_period_s: 30.0,
             expiry_s: 600.0,
+            min_instances: 1,
             ..AssemblerConfig::default()
         }
     }
@@ -766,6 +773,20 @@ mod tests {
         a.revoke(0);
         assert_eq!(a.commit_positions(), BTreeMap::from([(1, 4)]));
         assert_eq!(a.open_count(), 0);
+    }
+
+    #[test]
+    fn short_series_is_given_up() {
+        let three = AssemblerConfig {
+            min_instances: 3,
+            ..config()
+        };
+        let mut a = Assembly::new(three, 100);
+        a.on_event(0, 0, &instance(1, 0), None, t(0));
+        a.on_event(0, 1, &instance(2, 0), None, t(0));
+        a.on_event(0, 2, &commit(1), None, t(1));
+        let decisions = a.due(t(1));
+        assert!(matches!(&decisions[..], [Decision::GiveUp { reason: ReasonCode::TooFewSlices, .. }]));
     }
 
     #[test]

@@ -138,7 +138,7 @@ async fn send_batch(
                 attempt += 1;
                 tokio::time::sleep(Duration::from_secs(2 * u64::from(attempt))).await;
             }
-            _ => anyhow::bail!("the server responded with HTTP {status}: {}", text.trim()),
+            _ => anyhow::bail!("{}/studies responded with HTTP {status}: {}", options.url, text.trim()),
         }
     };
     let answer: Value = serde_json::from_str(&answer).map_err(|e| anyhow::anyhow!("the server's response is not DICOM JSON: {e}"))?;
@@ -146,7 +146,11 @@ async fn send_batch(
     let mut failures: HashMap<String, String> = HashMap::new();
     let mut failures_by_part: HashMap<usize, String> = HashMap::new();
     for item in sequence(&answer, "00081198") {
-        let comment = first_string(&item, "00000902").unwrap_or_else(|| "rejected without an error comment".into());
+        // The whole reason is in this service's private element; other servers give
+        // the Error Comment only.
+        let comment = first_string(&item, crate::stow::FULL_REASON_TAG)
+            .or_else(|| first_string(&item, "00000902"))
+            .unwrap_or_else(|| "rejected without an error comment".into());
         match first_string(&item, "00081155") {
             Some(uid) => {
                 failures.insert(uid, comment);
@@ -162,7 +166,7 @@ async fn send_batch(
         let from_uid = ids.as_ref().and_then(|(_, _, sop)| failures.get(sop).cloned());
         let failure = from_uid.or_else(|| failures_by_part.get(&(index + 1)).cloned());
         match (ids, failure) {
-            (_, Some(reason)) => summary.rejected.push((path.clone(), reason)),
+            (_, Some(reason)) => summary.rejected.push((path.clone(), without_part_label(&reason, index + 1))),
             (Some((study, series_uid, sop)), None) if stored.contains(sop) => {
                 summary.stored += 1;
                 series.insert((study.clone(), series_uid.clone()));
@@ -171,6 +175,11 @@ async fn send_batch(
         }
     }
     Ok(())
+}
+
+/// Removes the "part N: " label from a reason, since the caller names the file.
+fn without_part_label(reason: &str, part: usize) -> String {
+    reason.replacen(&format!("part {part}: "), "", 1)
 }
 
 /// Reads "part N" from an error comment.
@@ -205,5 +214,6 @@ mod tests {
     fn part_numbers_read_from_comments() {
         assert_eq!(part_number("invalid_dicom: part 12: not a valid DICOM file"), Some(12));
         assert_eq!(part_number("not_ct: no number"), None);
+        assert_eq!(without_part_label("truncated: part 3: ends early", 3), "truncated: ends early");
     }
 }

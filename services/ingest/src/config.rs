@@ -107,6 +107,9 @@ pub struct AssemblerConfig {
     pub tick_ms: u64,
     /// A slice spacing above this multiple of the median spacing is a gap.
     pub max_gap_ratio: f64,
+    /// A complete series with fewer instances goes to the dead-letter topic as
+    /// `too_few_slices`: the method stacks three neighbouring slices.
+    pub min_instances: usize,
 }
 
 impl Default for AssemblerConfig {
@@ -117,6 +120,7 @@ impl Default for AssemblerConfig {
             expiry_s: 3600.0,
             tick_ms: 1000,
             max_gap_ratio: 1.5,
+            min_instances: 3,
         }
     }
 }

@@ -852,6 +852,16 @@ struct FileToSend {
     data_set_offset: u64,
 }
 
+/// Checks that [`send_files`] can send a file: it is readable and has a DICOM Part 10
+/// file meta group with the UIDs DIMSE needs.
+///
+/// # Errors
+///
+/// The reason the file cannot be sent.
+pub fn check_sendable(path: &Path) -> anyhow::Result<()> {
+    read_file_meta(path).map(|_| ())
+}
+
 /// Sends DICOM Part 10 files to a C-STORE SCP over one association and returns the
 /// status of each, in the order of `files`. `address` is `host:port`.
 ///

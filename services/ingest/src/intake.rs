@@ -57,6 +57,21 @@ impl Refused {
     }
 }
 
+/// Returns the SHA-256 of a file's transfer syntax and data set, which ignores the file
+/// meta group. For a file whose meta group cannot be read, it hashes the whole file.
+fn content_digest(file: &[u8]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    match lungstream_dicom::data_set_start(file) {
+        Some((offset, transfer_syntax)) => {
+            hasher.update(transfer_syntax.as_bytes());
+            hasher.update([0]);
+            hasher.update(&file[offset..]);
+        }
+        None => hasher.update(file),
+    }
+    hasher.finalize().into()
+}
+
 /// Returns the object key of an instance.
 pub fn instance_key(hospital: &str, study_uid: &str, series_uid: &str, sop_instance_uid: &str) -> String {
     format!(
@@ -119,12 +134,15 @@ impl Intake {
     /// conflicts with stored bytes under the same SOP Instance UID, or (transient) a
     /// store or broker failure.
     pub async fn accept(&self, hospital: &str, bytes: Bytes, source: IngestSource, label: &str) -> Result<Accepted, Refused> {
-        let result = self.check_and_store(hospital, bytes, source, label).await;
-        let (outcome, reason) = match &result {
-            Ok(a) if a.duplicate => ("duplicate", ""),
-            Ok(_) => ("stored", ""),
-            Err(r) => ("refused", r.reason.as_str()),
-        };
+        self.accept_in_study(hospital, bytes, source, label, None).await
+    }
+
+    /// Counts a part rejected before its header was read (a wrong media type).
+    pub fn count_rejected(&self, hospital: &str, source: IngestSource, reason: ReasonCode) {
+        self.count(hospital, source, "refused", reason.as_str());
+    }
+
+    fn count(&self, hospital: &str, source: IngestSource, outcome: &str, reason: &str) {
         let source_name = match source {
             IngestSource::StowRs => "stow_rs",
             IngestSource::CStore => "c_store",
@@ -137,10 +155,40 @@ impl Intake {
                 reason: reason.into(),
             })
             .inc();
+    }
+
+    /// As [`Intake::accept`]; when `expected_study` is given, an instance of another
+    /// study is rejected before anything is stored.
+    ///
+    /// # Errors
+    ///
+    /// As [`Intake::accept`], and `invalid_attribute` for another study.
+    pub async fn accept_in_study(
+        &self,
+        hospital: &str,
+        bytes: Bytes,
+        source: IngestSource,
+        label: &str,
+        expected_study: Option<&str>,
+    ) -> Result<Accepted, Refused> {
+        let result = self.check_and_store(hospital, bytes, source, label, expected_study).await;
+        let (outcome, reason) = match &result {
+            Ok(a) if a.duplicate => ("duplicate", ""),
+            Ok(_) => ("stored", ""),
+            Err(r) => ("refused", r.reason.as_str()),
+        };
+        self.count(hospital, source, outcome, reason);
         result
     }
 
-    async fn check_and_store(&self, hospital: &str, bytes: Bytes, source: IngestSource, label: &str) -> Result<Accepted, Refused> {
+    async fn check_and_store(
+        &self,
+        hospital: &str,
+        bytes: Bytes,
+        source: IngestSource,
+        label: &str,
+        expected_study: Option<&str>,
+    ) -> Result<Accepted, Refused> {
         let reader = self.reader.clone();
         let name = label.to_string();
         let parsing = bytes.clone();
@@ -152,7 +200,6 @@ impl Intake {
         .await
         .map_err(|e| Refused::permanent(ReasonCode::InvalidDicom, format!("{label}: the header check failed: {e}")))?;
         let (header, sop_class_uid) = parsed.0.map_err(|e| Refused::permanent(e.reason(), e.to_string()))?;
-        let sha256 = parsed.1;
         let key = instance_key(hospital, &header.study_uid, &header.series_uid, &header.sop_instance_uid);
         let refused = |reason: ReasonCode, detail: String, transient: bool| Refused {
             reason,
@@ -161,26 +208,40 @@ impl Intake {
             sop_class_uid: Some(sop_class_uid.clone()),
             transient,
         };
-        let created = self
-            .store
-            .put_if_absent(&key, bytes.clone())
-            .await
-            .map_err(|e| refused(ReasonCode::Unreadable, format!("{label}: cannot store the instance: {e}"), true))?;
-        let duplicate = created == Created::Existed;
-        if duplicate {
-            let stored = self
-                .store
-                .get(&key)
-                .await
-                .map_err(|e| refused(ReasonCode::Unreadable, format!("{label}: cannot read the stored copy: {e}"), true))?;
-            if hex::encode(Sha256::digest(&stored)) != sha256 {
+        if let Some(expected) = expected_study {
+            if expected != header.study_uid {
                 return Err(refused(
-                    ReasonCode::ConflictingInstance,
-                    format!("{label}: an instance with this SOP Instance UID and other bytes is already stored"),
+                    ReasonCode::InvalidAttribute,
+                    format!("{label} belongs to another study than the one in the URL"),
                     false,
                 ));
             }
         }
+        let created = self
+            .store
+            .put_if_absent(&key, bytes.clone())
+            .await
+            .map_err(|e| refused(ReasonCode::Unavailable, format!("{label}: cannot store the instance: {e}"), true))?;
+        let duplicate = created == Created::Existed;
+        let (sha256, size_bytes) = if duplicate {
+            let stored = self
+                .store
+                .get(&key)
+                .await
+                .map_err(|e| refused(ReasonCode::Unavailable, format!("{label}: cannot read the stored copy: {e}"), true))?;
+            // C-STORE rebuilds the file meta group, so one instance sent by STOW-RS and by
+            // C-STORE differs there: compare the transfer syntax and the data set.
+            if content_digest(&stored) != content_digest(&bytes) {
+                return Err(refused(
+                    ReasonCode::ConflictingInstance,
+                    format!("{label}: another instance with this SOP Instance UID is already stored"),
+                    false,
+                ));
+            }
+            (hex::encode(Sha256::digest(&stored)), stored.len() as u64)
+        } else {
+            (parsed.1, bytes.len() as u64)
+        };
         let normal = geometry::normal(&header.orientation);
         let slice_position_mm = normal.iter().zip(&header.position).map(|(n, p)| n * p).sum();
         let event = InstanceEvent {
@@ -193,7 +254,7 @@ impl Intake {
                 sop_instance_uid: header.sop_instance_uid.clone(),
                 sop_class_uid: sop_class_uid.clone(),
                 object_key: key.clone(),
-                size_bytes: bytes.len() as u64,
+                size_bytes,
                 sha256,
                 instance_number: header.instance_number,
                 slice_position_mm,
@@ -204,7 +265,7 @@ impl Intake {
         self.producer
             .send_json(topics::INSTANCES, &header.series_uid, &event)
             .await
-            .map_err(|e| refused(ReasonCode::Unreadable, format!("{label}: stored, but the event could not be published: {e}"), true))?;
+            .map_err(|e| refused(ReasonCode::Unavailable, format!("{label}: stored, but the event could not be published: {e}"), true))?;
         Ok(Accepted {
             hospital: hospital.to_string(),
             study_uid: header.study_uid.clone(),

@@ -67,31 +67,31 @@ impl Running {
 /// opened. An unreachable broker is retried until it answers or `shutdown` is cancelled.
 pub async fn start(config: IngestConfig, roles: Roles, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let store = Store::open_with(&config.store_url, &config.store_options)?;
+    // A store that refuses the credentials fails here, not on the first upload.
+    store
+        .put("health/ingest", bytes::Bytes::from_static(b"ok"))
+        .await
+        .map_err(|e| anyhow::anyhow!("the object store {} does not accept writes: {e}", config.store_url))?;
     let tenants = Arc::new(Tenants::new(&config.tenants)?);
     if roles.intake && config.tenants.is_empty() {
         tracing::warn!("No tenants are configured: every upload will be rejected. Add [[tenants]] to the configuration.");
     }
     let ops = Ops::new();
-    let mut attempt = 0;
-    loop {
-        match ensure_topics(&config.kafka, topics::ALL).await {
-            Ok(()) => break,
-            Err(error) => {
-                let delay = config.retry.delay(attempt);
-                attempt += 1;
-                tracing::warn!(brokers = %config.kafka.brokers, "Cannot create the topics ({error}); retrying in {delay:?}.");
-                tokio::select! {
-                    () = shutdown.cancelled() => anyhow::bail!("stopped before the broker at {} responded", config.kafka.brokers),
-                    () = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
-    }
+    tracing::info!(
+        store = %config.store_url,
+        brokers = %config.kafka.brokers,
+        topic_prefix = %config.kafka.topic_prefix,
+        intake = roles.intake,
+        assembler = roles.assembler,
+        tenants = config.tenants.len(),
+        "Starting the ingest service."
+    );
+    // The producer connects lazily, so the HTTP API can start before the broker answers:
+    // health and metrics are then available, and /readyz stays 503 until the topics exist.
     let producer = KafkaProducer::connect(&config.kafka)?;
     let intake = Intake::new(store.clone(), producer.clone(), &config.patient_key_secret, &config.limits);
     intake.register_metrics(&ops);
     let mut tasks: Vec<JoinHandle<anyhow::Result<()>>> = Vec::new();
-
     let mut router = ops.router();
     if roles.intake {
         let state = Arc::new(StowState {
@@ -104,10 +104,30 @@ pub async fn start(config: IngestConfig, roles: Roles, shutdown: CancellationTok
     tasks.push(tokio::spawn(async move { http_task.await?.map_err(anyhow::Error::from) }));
     tracing::info!(%http_address, "HTTP API listening.");
 
+    let mut attempt = 0;
+    loop {
+        let created = tokio::select! {
+            () = shutdown.cancelled() => anyhow::bail!("stopped before the broker at {} responded", config.kafka.brokers),
+            created = ensure_topics(&config.kafka, topics::ALL) => created,
+        };
+        match created {
+            Ok(()) => break,
+            Err(error) => {
+                let delay = config.retry.delay(attempt);
+                attempt += 1;
+                tracing::warn!(brokers = %config.kafka.brokers, "Cannot create the topics ({error}); retrying in {delay:?}.");
+                tokio::select! {
+                    () = shutdown.cancelled() => anyhow::bail!("stopped before the broker at {} responded", config.kafka.brokers),
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
     let mut dicom_address = None;
     if let (true, Some(listen)) = (roles.intake, config.dicom_listen) {
         let listener = tokio::net::TcpListener::bind(listen).await?;
-        dicom_address = Some(listener.local_addr()?);
+        let bound = listener.local_addr()?;
+        dicom_address = Some(bound);
         let scp = Arc::new(CStoreScp {
             intake: intake.clone(),
             tenants: tenants.clone(),
@@ -115,7 +135,7 @@ pub async fn start(config: IngestConfig, roles: Roles, shutdown: CancellationTok
             max_pdu: 16_384,
         });
         tasks.push(tokio::spawn(cstore::serve(listener, scp, shutdown.clone())));
-        tracing::info!(address = ?dicom_address, ae_title = %config.ae_title, "C-STORE SCP listening.");
+        tracing::info!(address = %bound, ae_title = %config.ae_title, "C-STORE SCP listening.");
     }
 
     if roles.assembler {

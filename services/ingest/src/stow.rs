@@ -33,6 +33,18 @@ use crate::tenants::Tenants;
 /// Media type of DICOM JSON responses.
 pub const DICOM_JSON: &str = "application/dicom+json";
 
+/// Private creator of the elements this service adds to its responses.
+pub const PRIVATE_CREATOR: &str = "LUNGSTREAM 1";
+
+/// Private element (0009,1010) with the whole reason of a failed instance, which the
+/// _Error Comment_ would cut at 64 characters.
+pub const FULL_REASON_TAG: &str = "00091010";
+
+/// Returns the first `max` characters of `text`.
+fn truncate_chars(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
+}
+
 /// Most parts read from one request.
 const MAX_PARTS: usize = 100_000;
 
@@ -115,6 +127,7 @@ async fn store_parts(state: Arc<StowState>, headers: HeaderMap, body: Bytes, stu
         }
     }
     let parts = match multipart::parse(&body, &related.boundary, MAX_PARTS) {
+        Ok(p) if p.is_empty() => return (StatusCode::BAD_REQUEST, "the multipart body has no parts\n").into_response(),
         Ok(p) => p,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("cannot read the multipart body: {e}\n")).into_response(),
     };
@@ -126,6 +139,7 @@ async fn store_parts(state: Arc<StowState>, headers: HeaderMap, body: Bytes, stu
             let label = format!("part {}", i + 1);
             if let Some(media) = part.media_type() {
                 if media != "application/dicom" {
+                    intake.count_rejected(hospital_ref, IngestSource::StowRs, ReasonCode::InvalidDicom);
                     let refused = Refused {
                         reason: ReasonCode::InvalidDicom,
                         detail: format!("{label} has type {media}, not application/dicom"),
@@ -136,19 +150,8 @@ async fn store_parts(state: Arc<StowState>, headers: HeaderMap, body: Bytes, stu
                     return PartResult::Failed { refused };
                 }
             }
-            match intake.accept(hospital_ref, part.body, IngestSource::StowRs, &label).await {
-                Ok(accepted) => match study_ref {
-                    Some(expected) if expected != accepted.study_uid => PartResult::Failed {
-                        refused: Refused {
-                            reason: ReasonCode::InvalidAttribute,
-                            detail: format!("{label} belongs to another study than the one in the URL"),
-                            sop_instance_uid: Some(accepted.sop_instance_uid),
-                            sop_class_uid: Some(accepted.sop_class_uid),
-                            transient: false,
-                        },
-                    },
-                    _ => PartResult::Stored(accepted),
-                },
+            match intake.accept_in_study(hospital_ref, part.body, IngestSource::StowRs, &label, study_ref).await {
+                Ok(accepted) => PartResult::Stored(accepted),
                 Err(refused) => PartResult::Failed { refused },
             }
         })
@@ -156,6 +159,15 @@ async fn store_parts(state: Arc<StowState>, headers: HeaderMap, body: Bytes, stu
         .collect()
         .await;
     respond(&hospital, &results)
+}
+
+/// Checks the form of a DICOM UID: at most 64 characters, components of digits separated
+/// by dots, no leading zero in a component of more than one digit.
+pub fn valid_uid(uid: &str) -> bool {
+    uid.len() <= 64
+        && uid
+            .split('.')
+            .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()) && (c.len() == 1 || !c.starts_with('0')))
 }
 
 /// Returns the DICOM _Failure Reason_ (0008,1197) for a refusal.
@@ -190,9 +202,12 @@ fn respond(hospital: &str, results: &[PartResult]) -> Response {
                     item.insert("00081155".into(), json!({"vr": "UI", "Value": [uid]}));
                 }
                 item.insert("00081197".into(), json!({"vr": "US", "Value": [failure_reason(refused)]}));
-                // Error Comment: the reason code first, so clients can match on it.
+                // Error Comment (LO, at most 64 characters): the reason code first, so
+                // clients can match on it. The whole sentence goes in a private element.
                 let comment = format!("{}: {}", refused.reason.as_str(), refused.detail);
-                item.insert("00000902".into(), json!({"vr": "LO", "Value": [comment]}));
+                item.insert("00000902".into(), json!({"vr": "LO", "Value": [truncate_chars(&comment, 64)]}));
+                item.insert("00090010".into(), json!({"vr": "LO", "Value": [PRIVATE_CREATOR]}));
+                item.insert(FULL_REASON_TAG.into(), json!({"vr": "UT", "Value": [comment]}));
                 failed.push(Value::Object(item));
             }
         }
@@ -226,7 +241,6 @@ async fn commit_series(State(state): State<Arc<StowState>>, Path((study, series)
         Ok(h) => h,
         Err(response) => return *response,
     };
-    let valid_uid = |uid: &str| !uid.is_empty() && uid.len() <= 64 && uid.chars().all(|c| c.is_ascii_digit() || c == '.');
     if !valid_uid(&study) || !valid_uid(&series) {
         return (StatusCode::BAD_REQUEST, "study and series must be DICOM UIDs\n").into_response();
     }
@@ -242,5 +256,28 @@ async fn commit_series(State(state): State<Arc<StowState>>, Path((study, series)
             tracing::warn!("Cannot publish a commit: {e}");
             (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "5")], "the broker is unavailable; try again\n").into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uid_form_is_checked() {
+        assert!(valid_uid("1.2.840.10008.5.1.4.1.1.2"));
+        assert!(valid_uid("1.0.3"));
+        assert!(!valid_uid("1.02.3"));
+        assert!(!valid_uid("1..2"));
+        assert!(!valid_uid(""));
+        assert!(!valid_uid("1.2.a"));
+        assert!(!valid_uid(&"1.".repeat(40)));
+    }
+
+    #[test]
+    fn error_comment_fits_lo() {
+        let long = "invalid_attribute: part 1 belongs to another study than the one in the URL";
+        assert_eq!(truncate_chars(long, 64).chars().count(), 64);
+        assert_eq!(truncate_chars("short", 64), "short");
     }
 }

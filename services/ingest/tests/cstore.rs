@@ -403,3 +403,28 @@ fn non_dicom_file_fails_before_connecting() {
     let connection = listener.accept();
     assert!(connection.is_err(), "send_files connected although a file is not DICOM");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stow_then_cstore_is_duplicate() {
+    let scp = Scp::start().await;
+    let file = pancreas_series()[5].clone();
+    // The same instance, first as the original file (as STOW-RS stores it) ...
+    let stow = Intake::new(scp.store.clone(), scp.bus.producer(), "cstore-test-secret", &Limits::default());
+    let bytes = bytes::Bytes::from(std::fs::read(&file).unwrap());
+    let first = stow.accept(HOSPITAL, bytes, IngestSource::StowRs, "part 1").await.unwrap();
+    assert!(!first.duplicate);
+    // ... then by C-STORE, whose file meta group the SCP rebuilds.
+    let outcomes = scp.send(CALLING_AE_TITLE, SCP_AE_TITLE, vec![file]).await.unwrap();
+    assert_eq!(outcomes[0].status, 0, "{:?}", outcomes[0].error_comment);
+    let hashes: Vec<String> = scp
+        .instance_events()
+        .into_iter()
+        .filter_map(|e| match e.body {
+            InstanceBody::Instance(stored) => Some(stored.sha256),
+            InstanceBody::Commit { .. } => None,
+        })
+        .collect();
+    assert_eq!(hashes.len(), 2);
+    assert_eq!(hashes[0], hashes[1], "both events name the stored file");
+    scp.stop().await;
+}

@@ -160,9 +160,40 @@ async fn mixed_request_stores_good_names_bad() {
     assert_eq!(reasons.len(), 3, "{reasons:?}");
     let reason_of = |path: &PathBuf| reasons.iter().find(|(p, _)| p == path).map(|(_, r)| r.clone()).unwrap();
     assert!(reason_of(&truncated).starts_with("truncated:"), "{}", reason_of(&truncated));
+    assert!(!reason_of(&truncated).contains("part 2"), "the client names the file instead");
     assert!(reason_of(&text).starts_with("invalid_dicom:"), "{}", reason_of(&text));
     assert!(reason_of(&mr).starts_with("not_ct:"), "{}", reason_of(&mr));
     assert_eq!(servers.store().list("instances/north").await.unwrap().len(), 3);
+
+    // A part of another study than the URL names is rejected and not stored.
+    let other_study = &series_files()[10];
+    let body = lungstream_ingest::multipart::build("b0undary", "application/dicom", &[std::fs::read(other_study).unwrap().into()]);
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("http://{}/studies/1.2.3.4", running.http_address))
+        .bearer_auth(TOKEN)
+        .header("Content-Type", "multipart/related; type=\"application/dicom\"; boundary=b0undary")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 409);
+    let answer: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    let comment = answer["00081198"]["Value"][0]["00000902"]["Value"][0].as_str().unwrap();
+    assert!(comment.starts_with("invalid_attribute:"), "{comment}");
+    assert!(comment.chars().count() <= 64, "{comment}");
+    assert_eq!(servers.store().list("instances/north").await.unwrap().len(), 3);
+
+    // A body without parts is a bad request.
+    let response = client
+        .post(format!("http://{}/studies", running.http_address))
+        .bearer_auth(TOKEN)
+        .header("Content-Type", "multipart/related; type=\"application/dicom\"; boundary=b0undary")
+        .body("--b0undary--\r\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
 
     // A request with a wrong token stores nothing.
     let mut wrong = options.clone();
