@@ -230,6 +230,103 @@ pub struct SourcePosition {
     pub offset: i64,
 }
 
+/// An event on `ct.lobes.v1`: the lobe bundle of a series is in the store, ready for the
+/// networks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LobesEvent {
+    /// [`EVENT_SCHEMA_VERSION`].
+    pub schema_version: String,
+    pub hospital: String,
+    pub study_uid: String,
+    pub series_uid: String,
+    /// The [`SeriesEvent::revision`] the bundle was made from.
+    pub series_revision: u32,
+    /// Key of the bundle (safetensors, zstd) in the object store.
+    pub bundle_key: String,
+    pub bundle_bytes: u64,
+    /// Facts of the series: slices, spacing, lung volume, batch-effect statistics.
+    pub series: crate::report::SeriesSummary,
+    /// Version of the preprocessing that wrote the bundle; part of the bundle key.
+    pub preprocess_version: String,
+    /// Milliseconds spent so far; later stages fill their own fields.
+    pub timings_ms: crate::report::Timings,
+}
+
+/// An event on `ct.results.v1`: what the networks found in one series, or why the series
+/// could not be analysed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ResultsEvent {
+    /// [`EVENT_SCHEMA_VERSION`].
+    pub schema_version: String,
+    pub hospital: String,
+    pub study_uid: String,
+    pub series_uid: String,
+    pub patient_key: Option<String>,
+    pub series_revision: u32,
+    #[serde(flatten)]
+    pub outcome: SeriesOutcome,
+}
+
+/// Result of one series.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum SeriesOutcome {
+    /// The networks ran.
+    Analysed(Box<Analysis>),
+    /// A stage rejected the series; the report shows the hospital the reason.
+    Rejected { reason: ReasonCode, detail: String },
+}
+
+/// The networks' findings for one series.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Analysis {
+    pub model: crate::report::ModelSummary,
+    pub decision: crate::report::Decision,
+    pub probabilities: crate::report::Probabilities,
+    pub infection: crate::report::Infection,
+    pub model_free: crate::report::ModelFree,
+    pub series: crate::report::SeriesSummary,
+    pub worst_slices: Vec<crate::report::WorstSlice>,
+    /// Every lobe's raw and softened scores, in slice order.
+    pub lobes: Vec<crate::report::LobeScores>,
+    /// Keys of the infection and attention maps in the object store.
+    pub infection_map_key: String,
+    pub attention_map_key: String,
+    pub timings_ms: crate::report::Timings,
+}
+
+/// An event on `ct.reports.v1`, for analysts: one study's result, with no DICOM patient
+/// attribute.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ReportEvent {
+    /// [`EVENT_SCHEMA_VERSION`].
+    pub schema_version: String,
+    pub hospital: String,
+    pub study_uid: String,
+    pub patient_key: Option<String>,
+    /// The series the report is about, chosen among the study's series.
+    pub series_uid: String,
+    /// The study's other series, not reported on.
+    pub other_series: Vec<String>,
+    /// `analysed` or `rejected`.
+    pub status: String,
+    /// The reason code when rejected.
+    pub reason: Option<ReasonCode>,
+    pub decision: Option<crate::report::Decision>,
+    pub probabilities: Option<crate::report::Probabilities>,
+    pub infected_percent: Option<crate::report::PerSide>,
+    pub infected_ml: Option<crate::report::PerSide>,
+    /// Id and version (weights hash) of the model.
+    pub model_id: Option<String>,
+    pub model_version: Option<String>,
+    pub research_only: Option<bool>,
+    /// Key of the full report (JSON) in the object store.
+    pub report_key: Option<String>,
+    pub timings_ms: crate::report::Timings,
+    /// RFC 3339 UTC.
+    pub reported_at: String,
+}
+
 /// Generates the JSON Schema of the event type `T`, pretty-printed with a final newline.
 pub fn json_schema<T: JsonSchema>() -> String {
     let schema = schemars::schema_for!(T);
@@ -245,6 +342,9 @@ pub fn checked_in_schemas() -> Vec<(&'static str, String)> {
         ("instance-event.v1.schema.json", json_schema::<InstanceEvent>()),
         ("series-event.v1.schema.json", json_schema::<SeriesEvent>()),
         ("dead-letter-event.v1.schema.json", json_schema::<DeadLetterEvent>()),
+        ("lobes-event.v1.schema.json", json_schema::<LobesEvent>()),
+        ("results-event.v1.schema.json", json_schema::<ResultsEvent>()),
+        ("report-event.v1.schema.json", json_schema::<ReportEvent>()),
     ]
 }
 
@@ -280,6 +380,27 @@ mod tests {
         assert!(check_schema_version("one.zero").is_err());
         assert_eq!(peek_schema_version(br#"{"schema_version":"3.1","x":1}"#).as_deref(), Some("3.1"));
         assert_eq!(peek_schema_version(b"not json"), None);
+    }
+
+    #[test]
+    fn rejected_result_is_flat() {
+        let event = ResultsEvent {
+            schema_version: EVENT_SCHEMA_VERSION.into(),
+            hospital: "north".into(),
+            study_uid: "1.2".into(),
+            series_uid: "1.2.3".into(),
+            patient_key: None,
+            series_revision: 1,
+            outcome: SeriesOutcome::Rejected {
+                reason: ReasonCode::NoLungs,
+                detail: "no lungs found".into(),
+            },
+        };
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["status"], "rejected");
+        assert_eq!(json["reason"], "no_lungs");
+        let back: ResultsEvent = serde_json::from_value(json).unwrap();
+        assert_eq!(back, event);
     }
 
     #[test]
