@@ -75,6 +75,8 @@ pub struct Limits {
     pub max_instance_bytes: u64,
     /// Largest _Rows_ or _Columns_.
     pub max_matrix: u32,
+    /// Maximum C-STORE associations at once; more wait until one ends.
+    pub max_associations: usize,
     /// Maximum instances in one series; a larger series goes to the dead-letter topic
     /// (`too_large`).
     pub max_instances_per_series: usize,
@@ -87,6 +89,7 @@ impl Default for Limits {
             max_instance_bytes: 64 * 1024 * 1024,
             max_matrix: 2048,
             max_instances_per_series: 4000,
+            max_associations: 32,
         }
     }
 }

@@ -141,6 +141,9 @@ pub struct CStoreScp {
     pub ae_title: String,
     /// Largest PDU this SCP receives, bytes (announced in A-ASSOCIATE-AC).
     pub max_pdu: u32,
+    /// Maximum associations at once, each on a blocking thread. Further connections wait
+    /// in the listen backlog until one ends.
+    pub max_associations: usize,
 }
 
 /// Accepts associations on `listener` until `shutdown` is cancelled, each on its own
@@ -159,7 +162,7 @@ pub async fn serve(listener: tokio::net::TcpListener, scp: Arc<CStoreScp>, shutd
             biased;
             () = shutdown.cancelled() => break,
             Some(joined) = associations.join_next(), if !associations.is_empty() => log_join_error(joined),
-            accepted = listener.accept() => match accepted {
+            accepted = listener.accept(), if associations.len() < scp.max_associations.max(1) => match accepted {
                 Ok((stream, peer)) => match into_blocking_stream(stream) {
                     Ok(stream) => {
                         let scp = scp.clone();

@@ -133,6 +133,7 @@ pub async fn start(config: IngestConfig, roles: Roles, shutdown: CancellationTok
             tenants: tenants.clone(),
             ae_title: config.ae_title.clone(),
             max_pdu: 16_384,
+            max_associations: config.limits.max_associations,
         });
         tasks.push(tokio::spawn(cstore::serve(listener, scp, shutdown.clone())));
         tracing::info!(address = %bound, ae_title = %config.ae_title, "C-STORE SCP listening.");

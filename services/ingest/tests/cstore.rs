@@ -64,6 +64,10 @@ struct Scp {
 
 impl Scp {
     async fn start() -> Scp {
+        Scp::start_with(4).await
+    }
+
+    async fn start_with(max_associations: usize) -> Scp {
         let bus = MemoryBus::new(4);
         let store = Store::open("memory://").unwrap();
         let intake = Intake::new(store.clone(), bus.producer(), "cstore-test-secret", &Limits::default());
@@ -80,6 +84,7 @@ impl Scp {
             tenants: Arc::new(tenants),
             ae_title: SCP_AE_TITLE.into(),
             max_pdu: 16_384,
+            max_associations,
         });
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(cstore::serve(listener, scp, shutdown.clone()));
@@ -426,5 +431,20 @@ async fn stow_then_cstore_is_duplicate() {
         .collect();
     assert_eq!(hashes.len(), 2);
     assert_eq!(hashes[0], hashes[1], "both events name the stored file");
+    scp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capped_associations_take_turns() {
+    let scp = Scp::start_with(1).await;
+    let files: Vec<PathBuf> = pancreas_series().into_iter().take(6).collect();
+    let (first, second) = files.split_at(3);
+    let (a, b) = tokio::join!(
+        scp.send(CALLING_AE_TITLE, SCP_AE_TITLE, first.to_vec()),
+        scp.send(CALLING_AE_TITLE, SCP_AE_TITLE, second.to_vec())
+    );
+    let statuses: Vec<u16> = a.unwrap().iter().chain(b.unwrap().iter()).map(|o| o.status).collect();
+    assert_eq!(statuses, vec![0; 6]);
+    assert_eq!(scp.store.list("instances").await.unwrap().len(), 6);
     scp.stop().await;
 }
