@@ -100,8 +100,9 @@ pub struct KafkaConfig {
     pub brokers: String,
     /// Consumer group; each service has its own default.
     pub group_id: Option<String>,
-    /// Put before every topic name, so several deployments (or test runs) can share a
-    /// cluster: `staging.` makes `staging.ct.series.v1`. Services see the plain names.
+    /// Put before every topic name and consumer group, so several deployments (or test
+    /// runs) can share a cluster: `staging.` makes `staging.ct.series.v1`. Services see
+    /// the plain names.
     pub topic_prefix: String,
     /// Partitions of the topics a service creates at start.
     pub partitions: i32,

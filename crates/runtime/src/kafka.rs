@@ -79,6 +79,9 @@ impl KafkaProducer {
             .set("acks", "all")
             .set("message.timeout.ms", config.delivery_timeout_ms.to_string())
             .set("compression.type", "lz4")
+            // A series event lists every instance: a 4000-slice series is about 2 MB of
+            // JSON before compression. The broker's limit applies to the compressed batch.
+            .set("message.max.bytes", "10000000")
             .create()?;
         Ok(Producer::Kafka(KafkaProducer {
             inner,
@@ -142,7 +145,8 @@ pub struct KafkaConsumer {
 }
 
 impl KafkaConsumer {
-    /// Joins `group` and subscribes to `topics`. A new group starts at the earliest event.
+    /// Joins `group` (after the topic prefix) and subscribes to `topics`. A new group
+    /// starts at the earliest event.
     ///
     /// # Errors
     ///
@@ -150,11 +154,14 @@ impl KafkaConsumer {
     pub fn join(config: &KafkaConfig, group: &str, topics: &[&str]) -> Result<Consumer, BusError> {
         let tracker = RebalanceTracker::default();
         let revoked = tracker.revoked.clone();
+        // The topic prefix namespaces consumer groups too: two deployments (or tests) on
+        // one cluster must not share a group, or one's members take the other's partitions.
+        let group = format!("{}{group}", config.topic_prefix);
         // A client id per member: brokers tell members apart by it in logs and quotas.
         let client_id = format!("{group}-{}-{}", std::process::id(), next_client_number());
         let inner: StreamConsumer<RebalanceTracker> = base_config(config)
             .set("client.id", client_id)
-            .set("group.id", group)
+            .set("group.id", &group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")

@@ -77,6 +77,9 @@ struct Pending {
     first_received: String,
     last_received: String,
     last_received_at: OffsetDateTime,
+    /// When this member last read an instance of the series: quiet periods and expiry
+    /// count from here.
+    last_read_at: OffsetDateTime,
     first_offset: i64,
     partition: i32,
     commit: Option<CommitTrigger>,
@@ -118,9 +121,19 @@ impl Assembly {
         }
     }
 
-    /// Number of open series.
+    /// Returns the number of open series.
     pub fn open_count(&self) -> usize {
         self.open.len()
+    }
+
+    /// Returns whether `id` is open.
+    pub fn is_open(&self, id: &SeriesId) -> bool {
+        self.open.contains_key(id)
+    }
+
+    /// Returns the partition of an open series.
+    pub fn partition_of(&self, id: &SeriesId) -> Option<i32> {
+        self.open.get(id).map(|p| p.partition)
     }
 
     /// Takes one event. `completed` is the record of the series if it was completed
@@ -162,12 +175,14 @@ impl Assembly {
                         first_received: event.received_at.clone(),
                         last_received: event.received_at.clone(),
                         last_received_at: received_at,
+                        last_read_at: now,
                         first_offset: offset,
                         partition,
                         commit: None,
                         revision,
                     }
                 });
+                pending.last_read_at = pending.last_read_at.max(now);
                 if received_at >= pending.last_received_at {
                     pending.last_received_at = received_at;
                     pending.last_received = event.received_at.clone();
@@ -196,7 +211,7 @@ impl Assembly {
         let mut decisions = Vec::new();
         for id in ids {
             let pending = &self.open[id];
-            let quiet_for = now - pending.last_received_at;
+            let quiet_for = now - pending.last_read_at;
             let quiet_for = Duration::try_from(quiet_for).unwrap_or(Duration::ZERO);
             if pending.instances.len() > self.max_instances {
                 decisions.push(self.give_up(id, pending, ReasonCode::TooLarge, format!(
@@ -234,7 +249,9 @@ impl Assembly {
     }
 
     fn give_up(&self, id: &SeriesId, pending: &Pending, reason: ReasonCode, detail: String) -> Decision {
-        let instances: Vec<&SeriesInstance> = pending.instances.values().collect();
+        let mut sorted: Vec<&SeriesInstance> = pending.instances.values().collect();
+        sorted.sort_by(|a, b| a.slice_position_mm.total_cmp(&b.slice_position_mm));
+        let listed: Vec<&SeriesInstance> = sorted.iter().take(MAX_SUMMARY_INSTANCES).copied().collect();
         Decision::GiveUp {
             id: id.clone(),
             reason,
@@ -243,10 +260,17 @@ impl Assembly {
                 "hospital": id.hospital,
                 "study_uid": id.study_uid,
                 "series_uid": id.series_uid,
-                "instance_count": instances.len(),
+                "instance_count": sorted.len(),
                 "first_received_at": pending.first_received,
                 "last_received_at": pending.last_received,
-                "instances": instances,
+                "instances": listed,
+                "instances_not_listed": sorted.len() - listed.len(),
+                "object_key_prefix": format!(
+                    "instances/{}/{}/{}/",
+                    key_segment(&id.hospital),
+                    key_segment(&id.study_uid),
+                    key_segment(&id.series_uid)
+                ),
             }),
         }
     }
@@ -335,6 +359,41 @@ pub struct Assembler {
     pub ops: Arc<Ops>,
 }
 
+/// Most completed-series records kept in memory; past it the cache starts again (the
+/// records stay in the store).
+const MAX_CACHED_RECORDS: usize = 10_000;
+
+/// At most this many instances are listed in a dead-letter summary, so the event stays
+/// well below the broker's message size limit.
+const MAX_SUMMARY_INSTANCES: usize = 50;
+
+/// The assembler's working state between events.
+#[derive(Default)]
+struct Working {
+    /// Records of completed series, by series (`None`: never completed). A cache.
+    records: HashMap<SeriesId, Option<SeriesEvent>>,
+    /// Trace headers of each open series' first instance event.
+    traces: HashMap<SeriesId, Vec<(String, Vec<u8>)>>,
+    /// Series events whose record was written but whose sending is not confirmed. They
+    /// are sent again exactly as they are, so one revision never has two contents.
+    frozen: HashMap<SeriesId, SeriesEvent>,
+    /// Series given up as too large: their further instances are dropped.
+    too_large: HashMap<SeriesId, i32>,
+    /// Partition → last committed position.
+    committed: BTreeMap<i32, i64>,
+}
+
+impl Working {
+    fn revoke(&mut self, assembly: &mut Assembly, partition: i32) {
+        assembly.revoke(partition);
+        self.committed.remove(&partition);
+        self.records.clear();
+        self.traces.retain(|id, _| assembly.is_open(id));
+        self.frozen.retain(|id, _| assembly.is_open(id));
+        self.too_large.retain(|_, p| *p != partition);
+    }
+}
+
 impl Assembler {
     /// Runs until `shutdown` is cancelled; then commits what is done and leaves the group.
     ///
@@ -343,9 +402,7 @@ impl Assembler {
     /// Only when the consumer cannot go on.
     pub async fn run(&self, mut consumer: Consumer, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut assembly = Assembly::new(self.config.clone(), self.max_instances);
-        let mut records: HashMap<SeriesId, Option<SeriesEvent>> = HashMap::new();
-        let mut traces: HashMap<SeriesId, Vec<(String, Vec<u8>)>> = HashMap::new();
-        let mut committed: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut working = Working::default();
         let mut tick = tokio::time::interval(Duration::from_millis(self.config.tick_ms.max(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failures = 0u32;
@@ -355,48 +412,49 @@ impl Assembler {
                 () = shutdown.cancelled() => break,
                 _ = tick.tick() => {
                     for (_, partition) in consumer.take_revoked() {
-                        assembly.revoke(partition);
-                        committed.remove(&partition);
-                        records.clear();
-                        traces.clear();
+                        working.revoke(&mut assembly, partition);
                     }
-                    if let Err(error) = self.decide(&mut assembly, &mut records, &mut traces, &shutdown).await {
-                        tracing::warn!("Cannot carry out a decision yet: {error:#}");
-                    }
-                    self.commit(&mut consumer, &assembly, &mut committed);
+                    self.decide(&mut assembly, &mut working, &shutdown).await;
+                    self.commit(&mut consumer, &assembly, &mut working.committed);
                 }
                 received = consumer.recv() => match received {
                     Ok(message) => {
                         failures = 0;
+                        // A rebalance runs inside `recv`: drop the revoked partitions'
+                        // state before this event, which may be the first one re-read.
+                        for (_, partition) in consumer.take_revoked() {
+                            working.revoke(&mut assembly, partition);
+                        }
                         let span = message_span(SERVICE, &message);
-                        if let Some(id) = self.take(&mut assembly, &mut records, &message, &shutdown).instrument(span).await {
+                        let taken = self.take(&mut assembly, &mut working, &message, &shutdown).instrument(span).await;
+                        if let Some(id) = taken.filter(|id| assembly.is_open(id)) {
                             // The series event continues the trace of the series' first instance.
-                            traces.entry(id).or_insert_with(|| message.headers.clone());
+                            working.traces.entry(id).or_insert_with(|| message.headers.clone());
                         }
                     }
                     Err(error) => {
                         let delay = self.retry.delay(failures);
                         failures += 1;
                         tracing::warn!("Cannot receive from the broker ({error}); retrying in {delay:?}.");
-                        tokio::time::sleep(delay).await;
+                        tokio::select! {
+                            () = shutdown.cancelled() => break,
+                            () = tokio::time::sleep(delay) => {}
+                        }
                     }
                 },
             }
         }
-        self.commit(&mut consumer, &assembly, &mut committed);
+        for (_, partition) in consumer.take_revoked() {
+            working.revoke(&mut assembly, partition);
+        }
+        self.commit(&mut consumer, &assembly, &mut working.committed);
         tracing::info!(open = assembly.open_count(), "Assembler stopped; open series resume from the log.");
         consumer.close();
         Ok(())
     }
 
     /// Applies one consumed event; returns its series when it is an instance event.
-    async fn take(
-        &self,
-        assembly: &mut Assembly,
-        records: &mut HashMap<SeriesId, Option<SeriesEvent>>,
-        message: &Message,
-        shutdown: &CancellationToken,
-    ) -> Option<SeriesId> {
+    async fn take(&self, assembly: &mut Assembly, working: &mut Working, message: &Message, shutdown: &CancellationToken) -> Option<SeriesId> {
         let parsed = match peek_schema_version(&message.payload) {
             None => Err(Rejection::new(ReasonCode::MalformedEvent, "the event is not JSON with a schema_version")),
             Some(version) => match check_schema_version(&version) {
@@ -408,7 +466,9 @@ impl Assembler {
         let event = match parsed {
             Ok(event) => event,
             Err(rejection) => {
-                self.retry_until_done(shutdown, || publish_dead_letter(&self.producer, SERVICE, &rejection, Some(message))).await;
+                // On shutdown the event stays unread, so the next owner dead-letters it.
+                self.retry_until_done(shutdown, || publish_dead_letter(&self.producer, SERVICE, &rejection, Some(message)))
+                    .await?;
                 self.count_dead_letter(rejection.reason.unwrap_or(ReasonCode::MalformedEvent));
                 assembly.on_skipped(message.partition, message.offset);
                 return None;
@@ -419,25 +479,42 @@ impl Assembler {
             study_uid: event.study_uid.clone(),
             series_uid: event.series_uid.clone(),
         };
-        if !records.contains_key(&id) {
-            let record = self.retry_until_done(shutdown, || self.load_record(&id)).await;
-            records.insert(id.clone(), record);
+        if working.too_large.contains_key(&id) {
+            assembly.on_skipped(message.partition, message.offset);
+            return None;
         }
-        assembly.on_event(message.partition, message.offset, &event, records[&id].as_ref(), OffsetDateTime::now_utc());
+        if !working.records.contains_key(&id) {
+            if working.records.len() >= MAX_CACHED_RECORDS {
+                working.records.clear();
+            }
+            let record = self.retry_until_done(shutdown, || self.load_record(&id)).await?;
+            working.records.insert(id.clone(), record);
+        }
+        // Quiet periods and expiry run on the time the event was read, not the time it was
+        // stored: after a restart, a series read again gets a whole quiet period to be read
+        // in full.
+        assembly.on_event(message.partition, message.offset, &event, working.records[&id].as_ref(), OffsetDateTime::now_utc());
         matches!(event.body, InstanceBody::Instance(_)).then_some(id)
     }
 
     /// Reads the record of a completed series; sends its event again if the last run
-    /// stopped between writing the record and sending the event.
+    /// stopped between writing the record and sending the event. A record that cannot be
+    /// parsed is logged and ignored, so one damaged object does not stop the assembler.
     async fn load_record(&self, id: &SeriesId) -> anyhow::Result<Option<SeriesEvent>> {
         let key = format!("{}/series.json", id.record_prefix());
         let Some(bytes) = self.store.get_opt(&key).await? else {
             return Ok(None);
         };
-        let record: SeriesRecord = serde_json::from_slice(&bytes)?;
+        let record: SeriesRecord = match serde_json::from_slice(&bytes) {
+            Ok(record) => record,
+            Err(error) => {
+                tracing::error!(%key, "The series record cannot be parsed ({error}); the series is treated as new.");
+                return Ok(None);
+            }
+        };
         if !record.published {
             tracing::info!(series = %id.series_uid, "Sending a completed series whose event was not confirmed.");
-            self.publish(id, &record.event).await?;
+            self.send_and_mark(id, &record.event).await?;
         }
         Ok(Some(record.event))
     }
@@ -445,24 +522,28 @@ impl Assembler {
     /// Writes the record, sends the event, then marks the record sent.
     async fn publish(&self, id: &SeriesId, event: &SeriesEvent) -> anyhow::Result<()> {
         let key = format!("{}/series.json", id.record_prefix());
-        let mut record = SeriesRecord {
+        let record = SeriesRecord {
             published: false,
             event: event.clone(),
         };
         self.store.put(&key, Bytes::from(serde_json::to_vec(&record)?)).await?;
+        self.send_and_mark(id, event).await
+    }
+
+    async fn send_and_mark(&self, id: &SeriesId, event: &SeriesEvent) -> anyhow::Result<()> {
+        let key = format!("{}/series.json", id.record_prefix());
         self.producer.send_json(topics::SERIES, &id.series_uid, event).await?;
-        record.published = true;
+        let record = SeriesRecord {
+            published: true,
+            event: event.clone(),
+        };
         self.store.put(&key, Bytes::from(serde_json::to_vec(&record)?)).await?;
         Ok(())
     }
 
-    async fn decide(
-        &self,
-        assembly: &mut Assembly,
-        records: &mut HashMap<SeriesId, Option<SeriesEvent>>,
-        traces: &mut HashMap<SeriesId, Vec<(String, Vec<u8>)>>,
-        shutdown: &CancellationToken,
-    ) -> anyhow::Result<()> {
+    /// Carries out the decisions due now. A decision that fails is logged and tried again
+    /// at the next tick; the others go on.
+    async fn decide(&self, assembly: &mut Assembly, working: &mut Working, shutdown: &CancellationToken) {
         for decision in assembly.due(OffsetDateTime::now_utc()) {
             if shutdown.is_cancelled() {
                 break;
@@ -476,63 +557,85 @@ impl Assembler {
                 Decision::GiveUp { id, .. } => id.clone(),
             };
             let span = tracing::info_span!("assemble_series", service = SERVICE);
-            if let Some(headers) = traces.get(&id) {
+            if let Some(headers) = working.traces.get(&id) {
                 lungstream_runtime::telemetry::adopt_parent(&span, headers);
             }
-            self.carry_out(decision, assembly, records).instrument(span).await?;
-            traces.remove(&id);
+            match self.carry_out(decision, assembly, working).instrument(span).await {
+                Ok(()) => {
+                    working.traces.remove(&id);
+                }
+                Err(error) => {
+                    tracing::warn!(hospital = %id.hospital, series = %id.series_uid, "Cannot carry out a decision yet: {error:#}");
+                }
+            }
         }
-        Ok(())
     }
 
-    async fn carry_out(&self, decision: Decision, assembly: &mut Assembly, records: &mut HashMap<SeriesId, Option<SeriesEvent>>) -> anyhow::Result<()> {
-        {
-            match decision {
-                Decision::Complete(event) => {
-                    let id = SeriesId {
-                        hospital: event.hospital.clone(),
-                        study_uid: event.study_uid.clone(),
-                        series_uid: event.series_uid.clone(),
+    async fn carry_out(&self, decision: Decision, assembly: &mut Assembly, working: &mut Working) -> anyhow::Result<()> {
+        match decision {
+            Decision::Complete(built) => {
+                let id = SeriesId {
+                    hospital: built.hospital.clone(),
+                    study_uid: built.study_uid.clone(),
+                    series_uid: built.series_uid.clone(),
+                };
+                let previous = working.records.get(&id).cloned().flatten();
+                if previous.as_ref().is_some_and(|p| same_instances(p, &built)) {
+                    assembly.close(&id);
+                    return Ok(());
+                }
+                if let Some(frozen) = working.frozen.get(&id).cloned() {
+                    self.send_and_mark(&id, &frozen).await?;
+                } else {
+                    working.frozen.insert(id.clone(), built.clone());
+                    self.publish(&id, &built).await?;
+                }
+                let event = working.frozen.remove(&id).expect("the event was frozen above");
+                tracing::info!(
+                    hospital = %id.hospital,
+                    series = %id.series_uid,
+                    instances = event.instance_count,
+                    revision = event.revision,
+                    trigger = ?event.trigger,
+                    "Series complete."
+                );
+                self.ops
+                    .metrics
+                    .events
+                    .get_or_create(&lungstream_runtime::ops::EventLabels {
+                        service: SERVICE.into(),
+                        topic: topics::SERIES.into(),
+                        outcome: "series_complete".into(),
+                    })
+                    .inc();
+                working.records.insert(id.clone(), Some(event));
+                assembly.close(&id);
+            }
+            Decision::GiveUp { id, reason, detail, summary } => {
+                let marker = format!("{}/given-up.json", id.record_prefix());
+                let summary_bytes = serde_json::to_vec(&summary)?;
+                let already = self.store.get_opt(&marker).await?.is_some_and(|b| b == summary_bytes);
+                if !already {
+                    let rejection = Rejection {
+                        reason: Some(reason),
+                        detail: detail.clone(),
+                        hospital: Some(id.hospital.clone()),
+                        study_uid: Some(id.study_uid.clone()),
+                        series_uid: Some(id.series_uid.clone()),
                     };
-                    let previous = records.get(&id).cloned().flatten();
-                    let unchanged = previous.as_ref().is_some_and(|p| same_instances(p, &event));
-                    if !unchanged {
-                        self.publish(&id, &event).await?;
-                        tracing::info!(
-                            hospital = %id.hospital,
-                            series = %id.series_uid,
-                            instances = event.instance_count,
-                            revision = event.revision,
-                            trigger = ?event.trigger,
-                            "Series complete."
-                        );
-                        self.ops.metrics.events.get_or_create(&lungstream_runtime::ops::EventLabels {
-                            service: SERVICE.into(),
-                            topic: topics::SERIES.into(),
-                            outcome: "series_complete".into(),
-                        }).inc();
-                        records.insert(id.clone(), Some(event));
-                    }
-                    assembly.close(&id);
+                    // The marker first: a crash after it loses at most this dead letter's
+                    // repeat, never sends two.
+                    self.store.put(&marker, Bytes::from(summary_bytes)).await?;
+                    publish_dead_letter_with(&self.producer, SERVICE, &rejection, None, summary.clone()).await?;
+                    self.count_dead_letter(reason);
+                    tracing::warn!(hospital = %id.hospital, series = %id.series_uid, reason = reason.as_str(), "Series given up: {detail}");
                 }
-                Decision::GiveUp { id, reason, detail, summary } => {
-                    let marker = format!("{}/given-up.json", id.record_prefix());
-                    let already = self.store.get_opt(&marker).await?.map(|b| b == serde_json::to_vec(&summary).unwrap_or_default());
-                    if already != Some(true) {
-                        let rejection = Rejection {
-                            reason: Some(reason),
-                            detail: detail.clone(),
-                            hospital: Some(id.hospital.clone()),
-                            study_uid: Some(id.study_uid.clone()),
-                            series_uid: Some(id.series_uid.clone()),
-                        };
-                        publish_dead_letter_with(&self.producer, SERVICE, &rejection, None, summary.clone()).await?;
-                        self.store.put(&marker, Bytes::from(serde_json::to_vec(&summary)?)).await?;
-                        self.count_dead_letter(reason);
-                        tracing::warn!(hospital = %id.hospital, series = %id.series_uid, reason = reason.as_str(), "Series given up: {detail}");
+                if reason == ReasonCode::TooLarge {
+                    if let Some(partition) = assembly.partition_of(&id) {
+                        working.too_large.insert(id.clone(), partition);
                     }
-                    assembly.close(&id);
                 }
+                assembly.close(&id);
             }
         }
         Ok(())
@@ -563,9 +666,9 @@ impl Assembler {
             .inc();
     }
 
-    /// Runs `operation` until it succeeds, with backoff. On shutdown it returns the
-    /// default value instead.
-    async fn retry_until_done<T: Default, F, Fut, E>(&self, shutdown: &CancellationToken, mut operation: F) -> T
+    /// Runs `operation` until it succeeds, with backoff. Returns `None` when `shutdown`
+    /// is cancelled first.
+    async fn retry_until_done<T, F, Fut, E>(&self, shutdown: &CancellationToken, mut operation: F) -> Option<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, E>>,
@@ -574,13 +677,13 @@ impl Assembler {
         let mut attempt = 0;
         loop {
             match operation().await {
-                Ok(value) => return value,
+                Ok(value) => return Some(value),
                 Err(error) => {
                     let delay = self.retry.delay(attempt);
                     attempt += 1;
                     tracing::warn!("Transient failure: {error}; retrying in {delay:?}.");
                     tokio::select! {
-                        () = shutdown.cancelled() => return T::default(),
+                        () = shutdown.cancelled() => return None,
                         () = tokio::time::sleep(delay) => {}
                     }
                 }
@@ -674,6 +777,33 @@ mod tests {
         let numbers: Vec<i32> = event.instances.iter().map(|i| i.instance_number.unwrap()).collect();
         assert_eq!(numbers, vec![5, 4, 3, 2, 1], "sorted by slice position, feet first");
         assert_eq!(event.last_received_at, format_rfc3339(t(1)));
+    }
+
+    #[test]
+    fn replayed_series_waits_full_quiet_period() {
+        // Events stored long ago and read again after a restart at t(100).
+        let mut a = Assembly::new(config(), 100);
+        for n in 1..=3 {
+            a.on_event(0, i64::from(n), &instance(n, 0), None, t(100));
+        }
+        assert!(a.due(t(101)).is_empty(), "the rest of the series may still be unread");
+        let decisions = a.due(t(131));
+        assert_eq!(completed(&decisions).len(), 1);
+    }
+
+    #[test]
+    fn give_up_summary_is_bounded() {
+        let mut a = Assembly::new(config(), 100);
+        for n in (1..=120).step_by(2) {
+            a.on_event(0, i64::from(n), &instance(n, 0), None, t(0));
+        }
+        let decisions = a.due(t(601));
+        let Decision::GiveUp { summary, .. } = &decisions[0] else {
+            panic!("expected a give-up, got {decisions:?}");
+        };
+        assert_eq!(summary["instance_count"], 60);
+        assert_eq!(summary["instances"].as_array().unwrap().len(), MAX_SUMMARY_INSTANCES);
+        assert_eq!(summary["instances_not_listed"], 10);
     }
 
     #[test]
@@ -797,5 +927,10 @@ mod tests {
         }
         let decisions = a.due(t(1));
         assert!(matches!(&decisions[..], [Decision::GiveUp { reason: ReasonCode::TooLarge, .. }]));
+        if let Decision::GiveUp { summary, .. } = &decisions[0] {
+            assert_eq!(summary["instance_count"], 3);
+            assert_eq!(summary["instances"].as_array().unwrap().len(), 3);
+            assert_eq!(summary["instances_not_listed"], 0);
+        }
     }
 }

@@ -95,7 +95,19 @@ pub async fn upload(files: &[PathBuf], options: &UploadOptions, mut progress: im
         progress(done);
     }
     if options.commit {
+        // A series with an instance the service could not store for now (store or broker
+        // down) is left open: committing would complete it without that instance.
+        let incomplete: BTreeSet<(String, String)> = summary
+            .rejected
+            .iter()
+            .filter(|(_, reason)| reason.starts_with("unavailable:"))
+            .filter_map(|(path, _)| local_uids(path).map(|(study, series_uid, _)| (study, series_uid)))
+            .collect();
         for (study, series_uid) in series {
+            if incomplete.contains(&(study.clone(), series_uid.clone())) {
+                tracing::warn!(series = %series_uid, "Not committing a series with instances the service could not store; send them again.");
+                continue;
+            }
             let url = format!("{}/studies/{study}/series/{series_uid}/commit", options.url);
             let response = client.post(&url).bearer_auth(&options.token).send().await?;
             if !response.status().is_success() {

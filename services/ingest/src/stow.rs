@@ -230,7 +230,8 @@ fn respond(hospital: &str, results: &[PartResult]) -> Response {
         body.insert("00081198".into(), json!({"vr": "SQ", "Value": failed}));
     }
     let mut response = (status, [(header::CONTENT_TYPE, DICOM_JSON)], Value::Object(body).to_string()).into_response();
-    if status == StatusCode::SERVICE_UNAVAILABLE {
+    // Some instances may succeed when sent again: say when.
+    if transient {
         response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
     }
     response

@@ -62,7 +62,12 @@ impl Servers {
             std::process::id(),
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
         );
+        let mut properties = std::collections::BTreeMap::new();
+        if let Ok(debug) = std::env::var("LUNGSTREAM_TEST_KAFKA_DEBUG") {
+            properties.insert("debug".to_string(), debug);
+        }
         let kafka = KafkaConfig {
+            properties,
             brokers: format!("127.0.0.1:{kafka_port}"),
             topic_prefix: format!("test.{unique}."),
             partitions: 2,
