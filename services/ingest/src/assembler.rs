@@ -426,8 +426,8 @@ impl Assembler {
                             working.revoke(&mut assembly, partition);
                         }
                         let span = message_span(SERVICE, &message);
-                        let taken = self.take(&mut assembly, &mut working, &message, &shutdown).instrument(span).await;
-                        if let Some(id) = taken.filter(|id| assembly.is_open(id)) {
+                        let series = self.take(&mut assembly, &mut working, &message, &shutdown).instrument(span).await;
+                        if let Some(id) = series.filter(|id| assembly.is_open(id)) {
                             // The series event continues the trace of the series' first instance.
                             working.traces.entry(id).or_insert_with(|| message.headers.clone());
                         }

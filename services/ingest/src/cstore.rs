@@ -592,7 +592,7 @@ impl Session<'_> {
                 refusal.detail
             );
         } else {
-            tracing::debug!(hospital = self.hospital, message_id, reason = %refusal.reason, "C-STORE refused: {}.", refusal.detail);
+            tracing::debug!(hospital = self.hospital, message_id, reason = %refusal.reason, "C-STORE instance rejected: {}.", refusal.detail);
         }
     }
 

@@ -230,7 +230,7 @@ fn respond(hospital: &str, results: &[PartResult]) -> Response {
         body.insert("00081198".into(), json!({"vr": "SQ", "Value": failed}));
     }
     let mut response = (status, [(header::CONTENT_TYPE, DICOM_JSON)], Value::Object(body).to_string()).into_response();
-    // Some instances may succeed when sent again: say when.
+    // Some instances may succeed when sent again, so give the time to wait.
     if transient {
         response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
     }
