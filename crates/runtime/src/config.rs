@@ -163,6 +163,32 @@ impl RetryConfig {
         let ms = (self.initial_ms as f64 * factor).min(self.max_ms as f64);
         Duration::from_millis(ms as u64)
     }
+
+    /// Runs `operation` until it succeeds, waiting [`RetryConfig::delay`] between tries
+    /// and logging each failure with `what`. Returns `None` when `shutdown` is cancelled
+    /// first.
+    pub async fn until_ok<T, E, F, Fut>(&self, shutdown: &tokio_util::sync::CancellationToken, what: &str, mut operation: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+        E: std::fmt::Display,
+    {
+        let mut attempt = 0;
+        loop {
+            match operation().await {
+                Ok(value) => return Some(value),
+                Err(error) => {
+                    let delay = self.delay(attempt);
+                    attempt += 1;
+                    tracing::warn!(attempt, "Cannot {what} ({error}); retrying in {delay:?}.");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return None,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -208,6 +234,28 @@ mod tests {
         let missing = Path::new("/nonexistent/lungstream.toml");
         let error = load_from::<Sample>(Some(missing), &[]).unwrap_err().to_string();
         assert!(error.contains("/nonexistent/lungstream.toml"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn until_ok_retries_and_stops() {
+        let retry = RetryConfig {
+            initial_ms: 1,
+            max_ms: 2,
+            multiplier: 2.0,
+        };
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let mut tries = 0;
+        let value = retry
+            .until_ok(&shutdown, "count", || {
+                tries += 1;
+                let result = if tries < 3 { Err("not yet") } else { Ok(tries) };
+                async move { result }
+            })
+            .await;
+        assert_eq!(value, Some(3));
+        shutdown.cancel();
+        let never: Option<()> = retry.until_ok(&shutdown, "fail", || async { Err::<(), _>("down") }).await;
+        assert_eq!(never, None);
     }
 
     #[test]

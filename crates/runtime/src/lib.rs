@@ -1,4 +1,4 @@
-//! What every lungstream service shares.
+//! Shared parts of every lungstream service.
 //!
 //! - [`config`]: a TOML file with `LUNGSTREAM__SECTION__KEY` environment overrides;
 //! - [`bus`]: Kafka ([`kafka`]) and in-memory producers and consumers with one interface;

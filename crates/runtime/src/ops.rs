@@ -1,8 +1,8 @@
 //! Health, readiness and Prometheus metrics over HTTP, and shutdown on SIGTERM.
 //!
-//! `/healthz` answers 200 while the process runs; `/readyz` answers 200 once the service
+//! `/healthz` returns 200 while the process runs. `/readyz` returns 200 once the service
 //! has connected and created its topics, and 503 again while it shuts down, so a load
-//! balancer stops sending work; `/metrics` is the Prometheus text format.
+//! balancer stops sending work. `/metrics` is the Prometheus text format.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

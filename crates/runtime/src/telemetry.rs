@@ -1,4 +1,4 @@
-//! Logs and traces. Logs go to stderr through `tracing` (filter with `RUST_LOG`); spans
+//! Logs and traces. Logs go to stderr through `tracing` (filter with `RUST_LOG`). Spans
 //! are also OpenTelemetry spans, and their W3C trace context (`traceparent`) travels in
 //! Kafka headers, so the spans of one series in every service share one trace.
 

@@ -169,20 +169,14 @@ impl Worker {
     async fn reject(&self, message: &Message, rejection: Rejection, shutdown: &CancellationToken) -> Outcome {
         let reason = rejection.reason.unwrap_or(ReasonCode::MalformedEvent);
         tracing::warn!(reason = reason.as_str(), "Rejected: {}", rejection.detail);
-        let mut attempt = 0u32;
-        loop {
-            match publish_dead_letter(&self.producer, self.service, &rejection, Some(message)).await {
-                Ok(()) => break,
-                Err(error) => {
-                    let delay = self.retry.delay(attempt);
-                    attempt += 1;
-                    tracing::warn!("Cannot publish to the dead-letter topic ({error}); retrying in {delay:?}.");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return Outcome::Interrupted,
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
+        let published = self
+            .retry
+            .until_ok(shutdown, "publish to the dead-letter topic", || {
+                publish_dead_letter(&self.producer, self.service, &rejection, Some(message))
+            })
+            .await;
+        if published.is_none() {
+            return Outcome::Interrupted;
         }
         self.ops
             .metrics

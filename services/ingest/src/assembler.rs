@@ -1,10 +1,10 @@
 //! Series assembly: `ct.instances.v1` events in, one `ct.series.v1` event per complete
 //! series out.
 //!
-//! A series is complete when its sender marks it so (a C-STORE association released, the
-//! commit endpoint called), or when no instance has arrived for the quiet period and its
-//! stack has no gap (contiguous instance numbers, no slice spacing far above the
-//! median). A series still incomplete at the expiry time goes to the dead-letter topic as
+//! A series is complete when its sender marks it so: a C-STORE association is released,
+//! or the commit endpoint is called. It is also complete when no instance has arrived for
+//! the quiet period and its stack has no gap (contiguous instance numbers, no slice
+//! spacing far above the median). A series still incomplete at the expiry time goes to the dead-letter topic as
 //! `incomplete_series`; its objects stay in the store for inspection. A SOP Instance UID
 //! seen twice counts once.
 //!
@@ -50,6 +50,15 @@ pub struct SeriesId {
 }
 
 impl SeriesId {
+    /// Returns the id of a series from its hospital, study and series UIDs.
+    pub fn new(hospital: &str, study_uid: &str, series_uid: &str) -> SeriesId {
+        SeriesId {
+            hospital: hospital.to_string(),
+            study_uid: study_uid.to_string(),
+            series_uid: series_uid.to_string(),
+        }
+    }
+
     /// Returns the folder of the series' records in the store.
     pub fn record_prefix(&self) -> String {
         format!(
@@ -140,11 +149,7 @@ impl Assembly {
     /// before.
     pub fn on_event(&mut self, partition: i32, offset: i64, event: &InstanceEvent, completed: Option<&SeriesEvent>, now: OffsetDateTime) {
         self.next_offsets.insert(partition, offset + 1);
-        let id = SeriesId {
-            hospital: event.hospital.clone(),
-            study_uid: event.study_uid.clone(),
-            series_uid: event.series_uid.clone(),
-        };
+        let id = SeriesId::new(&event.hospital, &event.study_uid, &event.series_uid);
         match &event.body {
             InstanceBody::Commit { trigger } => {
                 if let Some(pending) = self.open.get_mut(&id) {
@@ -265,12 +270,7 @@ impl Assembly {
                 "last_received_at": pending.last_received,
                 "instances": listed,
                 "instances_not_listed": sorted.len() - listed.len(),
-                "object_key_prefix": format!(
-                    "instances/{}/{}/{}/",
-                    key_segment(&id.hospital),
-                    key_segment(&id.study_uid),
-                    key_segment(&id.series_uid)
-                ),
+                "object_key_prefix": crate::intake::series_instances_prefix(&id.hospital, &id.study_uid, &id.series_uid),
             }),
         }
     }
@@ -467,18 +467,17 @@ impl Assembler {
             Ok(event) => event,
             Err(rejection) => {
                 // On shutdown the event stays unread, so the next owner dead-letters it.
-                self.retry_until_done(shutdown, || publish_dead_letter(&self.producer, SERVICE, &rejection, Some(message)))
+                self.retry
+                    .until_ok(shutdown, "publish to the dead-letter topic", || {
+                        publish_dead_letter(&self.producer, SERVICE, &rejection, Some(message))
+                    })
                     .await?;
                 self.count_dead_letter(rejection.reason.unwrap_or(ReasonCode::MalformedEvent));
                 assembly.on_skipped(message.partition, message.offset);
                 return None;
             }
         };
-        let id = SeriesId {
-            hospital: event.hospital.clone(),
-            study_uid: event.study_uid.clone(),
-            series_uid: event.series_uid.clone(),
-        };
+        let id = SeriesId::new(&event.hospital, &event.study_uid, &event.series_uid);
         if working.too_large.contains_key(&id) {
             assembly.on_skipped(message.partition, message.offset);
             return None;
@@ -487,7 +486,7 @@ impl Assembler {
             if working.records.len() >= MAX_CACHED_RECORDS {
                 working.records.clear();
             }
-            let record = self.retry_until_done(shutdown, || self.load_record(&id)).await?;
+            let record = self.retry.until_ok(shutdown, "read the series record", || self.load_record(&id)).await?;
             working.records.insert(id.clone(), record);
         }
         // Quiet periods and expiry run on the time the event was read, not the time it was
@@ -549,11 +548,7 @@ impl Assembler {
                 break;
             }
             let id = match &decision {
-                Decision::Complete(event) => SeriesId {
-                    hospital: event.hospital.clone(),
-                    study_uid: event.study_uid.clone(),
-                    series_uid: event.series_uid.clone(),
-                },
+                Decision::Complete(event) => SeriesId::new(&event.hospital, &event.study_uid, &event.series_uid),
                 Decision::GiveUp { id, .. } => id.clone(),
             };
             let span = tracing::info_span!("assemble_series", service = SERVICE);
@@ -574,11 +569,7 @@ impl Assembler {
     async fn carry_out(&self, decision: Decision, assembly: &mut Assembly, working: &mut Working) -> anyhow::Result<()> {
         match decision {
             Decision::Complete(built) => {
-                let id = SeriesId {
-                    hospital: built.hospital.clone(),
-                    study_uid: built.study_uid.clone(),
-                    series_uid: built.series_uid.clone(),
-                };
+                let id = SeriesId::new(&built.hospital, &built.study_uid, &built.series_uid);
                 let previous = working.records.get(&id).cloned().flatten();
                 if previous.as_ref().is_some_and(|p| same_instances(p, &built)) {
                     assembly.close(&id);
@@ -664,31 +655,6 @@ impl Assembler {
                 reason: reason.as_str().into(),
             })
             .inc();
-    }
-
-    /// Runs `operation` until it succeeds, with backoff. Returns `None` when `shutdown`
-    /// is cancelled first.
-    async fn retry_until_done<T, F, Fut, E>(&self, shutdown: &CancellationToken, mut operation: F) -> Option<T>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, E>>,
-        E: std::fmt::Display,
-    {
-        let mut attempt = 0;
-        loop {
-            match operation().await {
-                Ok(value) => return Some(value),
-                Err(error) => {
-                    let delay = self.retry.delay(attempt);
-                    attempt += 1;
-                    tracing::warn!("Transient failure: {error}; retrying in {delay:?}.");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return None,
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        }
     }
 }
 

@@ -39,7 +39,7 @@ use tokio::runtime::Handle;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::intake::{Intake, Refused};
+use crate::intake::{Intake, Rejected};
 use crate::tenants::Tenants;
 
 /// Implementation Class UID written into the file meta group of every received instance:
@@ -86,11 +86,11 @@ pub const TRANSFER_SYNTAXES: &[&str] = &[
 pub mod status {
     /// Success.
     pub const SUCCESS: u16 = 0x0000;
-    /// Refused: SOP Class not supported.
+    /// Rejected: SOP Class not supported.
     pub const SOP_CLASS_NOT_SUPPORTED: u16 = 0x0122;
     /// Unrecognized operation.
     pub const UNRECOGNIZED_OPERATION: u16 = 0x0211;
-    /// Refused: Out of Resources (A7xx). Sending the instance again may work.
+    /// Rejected: Out of Resources (A7xx). Sending the instance again may work.
     pub const OUT_OF_RESOURCES: u16 = 0xA700;
     /// Error: Data Set does not match SOP Class (A9xx).
     pub const DATA_SET_DOES_NOT_MATCH_SOP_CLASS: u16 = 0xA900;
@@ -634,7 +634,7 @@ fn abort(association: &mut ServerAssociation<TcpStream>, problem: String) -> End
 }
 
 /// Maps an intake refusal to a C-STORE status.
-pub fn status_for_refusal(refused: &Refused) -> u16 {
+pub fn status_for_refusal(refused: &Rejected) -> u16 {
     if refused.transient {
         return status::OUT_OF_RESOURCES;
     }
@@ -1137,8 +1137,8 @@ fn read_file_meta(path: &Path) -> anyhow::Result<FileToSend> {
 mod tests {
     use super::*;
 
-    fn refused(reason: ReasonCode, transient: bool) -> Refused {
-        Refused {
+    fn refused(reason: ReasonCode, transient: bool) -> Rejected {
+        Rejected {
             reason,
             detail: "C-STORE message 3: something".into(),
             sop_instance_uid: None,

@@ -34,7 +34,7 @@ pub struct Accepted {
 
 /// An instance that was not stored, and why.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Refused {
+pub struct Rejected {
     pub reason: ReasonCode,
     /// A sentence without patient attributes.
     pub detail: String,
@@ -45,9 +45,9 @@ pub struct Refused {
     pub transient: bool,
 }
 
-impl Refused {
-    fn permanent(reason: ReasonCode, detail: impl Into<String>) -> Refused {
-        Refused {
+impl Rejected {
+    fn permanent(reason: ReasonCode, detail: impl Into<String>) -> Rejected {
+        Rejected {
             reason,
             detail: detail.into(),
             sop_instance_uid: None,
@@ -72,15 +72,19 @@ fn content_digest(file: &[u8]) -> [u8; 32] {
     hasher.finalize().into()
 }
 
-/// Returns the object key of an instance.
-pub fn instance_key(hospital: &str, study_uid: &str, series_uid: &str, sop_instance_uid: &str) -> String {
+/// Returns the key prefix, ending in `/`, under which a series' instances are stored.
+pub fn series_instances_prefix(hospital: &str, study_uid: &str, series_uid: &str) -> String {
     format!(
-        "instances/{}/{}/{}/{}.dcm",
+        "instances/{}/{}/{}/",
         key_segment(hospital),
         key_segment(study_uid),
-        key_segment(series_uid),
-        key_segment(sop_instance_uid)
+        key_segment(series_uid)
     )
+}
+
+/// Returns the object key of an instance.
+pub fn instance_key(hospital: &str, study_uid: &str, series_uid: &str, sop_instance_uid: &str) -> String {
+    format!("{}{}.dcm", series_instances_prefix(hospital, study_uid, series_uid), key_segment(sop_instance_uid))
 }
 
 /// Labels of `lungstream_ingest_instances_total`.
@@ -89,7 +93,7 @@ pub struct InstanceLabels {
     pub hospital: String,
     /// `stow_rs` or `c_store`.
     pub source: String,
-    /// `stored`, `duplicate` or `refused`.
+    /// `stored`, `duplicate` or `rejected`.
     pub outcome: String,
     /// The reason code of a refusal, empty otherwise.
     pub reason: String,
@@ -130,16 +134,16 @@ impl Intake {
     ///
     /// # Errors
     ///
-    /// [`Refused`] with a reason code: a header that fails the checks, an instance that
+    /// [`Rejected`] with a reason code: a header that fails the checks, an instance that
     /// conflicts with stored bytes under the same SOP Instance UID, or (transient) a
     /// store or broker failure.
-    pub async fn accept(&self, hospital: &str, bytes: Bytes, source: IngestSource, label: &str) -> Result<Accepted, Refused> {
+    pub async fn accept(&self, hospital: &str, bytes: Bytes, source: IngestSource, label: &str) -> Result<Accepted, Rejected> {
         self.accept_in_study(hospital, bytes, source, label, None).await
     }
 
     /// Counts a part rejected before its header was read (a wrong media type).
     pub fn count_rejected(&self, hospital: &str, source: IngestSource, reason: ReasonCode) {
-        self.count(hospital, source, "refused", reason.as_str());
+        self.count(hospital, source, "rejected", reason.as_str());
     }
 
     fn count(&self, hospital: &str, source: IngestSource, outcome: &str, reason: &str) {
@@ -170,12 +174,12 @@ impl Intake {
         source: IngestSource,
         label: &str,
         expected_study: Option<&str>,
-    ) -> Result<Accepted, Refused> {
+    ) -> Result<Accepted, Rejected> {
         let result = self.check_and_store(hospital, bytes, source, label, expected_study).await;
         let (outcome, reason) = match &result {
             Ok(a) if a.duplicate => ("duplicate", ""),
             Ok(_) => ("stored", ""),
-            Err(r) => ("refused", r.reason.as_str()),
+            Err(r) => ("rejected", r.reason.as_str()),
         };
         self.count(hospital, source, outcome, reason);
         result
@@ -188,7 +192,7 @@ impl Intake {
         source: IngestSource,
         label: &str,
         expected_study: Option<&str>,
-    ) -> Result<Accepted, Refused> {
+    ) -> Result<Accepted, Rejected> {
         let reader = self.reader.clone();
         let name = label.to_string();
         let parsing = bytes.clone();
@@ -198,10 +202,10 @@ impl Intake {
             (result, digest)
         })
         .await
-        .map_err(|e| Refused::permanent(ReasonCode::InvalidDicom, format!("{label}: the header check failed: {e}")))?;
-        let (header, sop_class_uid) = parsed.0.map_err(|e| Refused::permanent(e.reason(), e.to_string()))?;
+        .map_err(|e| Rejected::permanent(ReasonCode::InvalidDicom, format!("{label}: the header check failed: {e}")))?;
+        let (header, sop_class_uid) = parsed.0.map_err(|e| Rejected::permanent(e.reason(), e.to_string()))?;
         let key = instance_key(hospital, &header.study_uid, &header.series_uid, &header.sop_instance_uid);
-        let refused = |reason: ReasonCode, detail: String, transient: bool| Refused {
+        let rejected = |reason: ReasonCode, detail: String, transient: bool| Rejected {
             reason,
             detail,
             sop_instance_uid: Some(header.sop_instance_uid.clone()),
@@ -210,7 +214,7 @@ impl Intake {
         };
         if let Some(expected) = expected_study {
             if expected != header.study_uid {
-                return Err(refused(
+                return Err(rejected(
                     ReasonCode::InvalidAttribute,
                     format!("{label} belongs to another study than the one in the URL"),
                     false,
@@ -221,18 +225,18 @@ impl Intake {
             .store
             .put_if_absent(&key, bytes.clone())
             .await
-            .map_err(|e| refused(ReasonCode::Unavailable, format!("{label}: cannot store the instance: {e}"), true))?;
+            .map_err(|e| rejected(ReasonCode::Unavailable, format!("{label}: cannot store the instance: {e}"), true))?;
         let duplicate = created == Created::Existed;
         let (sha256, size_bytes) = if duplicate {
             let stored = self
                 .store
                 .get(&key)
                 .await
-                .map_err(|e| refused(ReasonCode::Unavailable, format!("{label}: cannot read the stored copy: {e}"), true))?;
+                .map_err(|e| rejected(ReasonCode::Unavailable, format!("{label}: cannot read the stored copy: {e}"), true))?;
             // C-STORE rebuilds the file meta group, so one instance sent by STOW-RS and by
             // C-STORE differs there: compare the transfer syntax and the data set.
             if content_digest(&stored) != content_digest(&bytes) {
-                return Err(refused(
+                return Err(rejected(
                     ReasonCode::ConflictingInstance,
                     format!("{label}: another instance with this SOP Instance UID is already stored"),
                     false,
@@ -265,7 +269,7 @@ impl Intake {
         self.producer
             .send_json(topics::INSTANCES, &header.series_uid, &event)
             .await
-            .map_err(|e| refused(ReasonCode::Unavailable, format!("{label}: stored, but the event could not be published: {e}"), true))?;
+            .map_err(|e| rejected(ReasonCode::Unavailable, format!("{label}: stored, but the event could not be published: {e}"), true))?;
         Ok(Accepted {
             hospital: hospital.to_string(),
             study_uid: header.study_uid.clone(),

@@ -64,7 +64,7 @@ impl Running {
 /// # Errors
 ///
 /// Invalid configuration, an address that cannot be bound, a store URL that cannot be
-/// opened. An unreachable broker is retried until it answers or `shutdown` is cancelled.
+/// opened. An unreachable broker is retried until it responds or `shutdown` is cancelled.
 pub async fn start(config: IngestConfig, roles: Roles, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let store = Store::open_with(&config.store_url, &config.store_options)?;
     // A store that refuses the credentials fails here, not on the first upload.
@@ -86,7 +86,7 @@ pub async fn start(config: IngestConfig, roles: Roles, shutdown: CancellationTok
         tenants = config.tenants.len(),
         "Starting the ingest service."
     );
-    // The producer connects lazily, so the HTTP API can start before the broker answers:
+    // The producer connects lazily, so the HTTP API can start before the broker responds:
     // health and metrics are then available, and /readyz stays 503 until the topics exist.
     let producer = KafkaProducer::connect(&config.kafka)?;
     let intake = Intake::new(store.clone(), producer.clone(), &config.patient_key_secret, &config.limits);
@@ -104,25 +104,14 @@ pub async fn start(config: IngestConfig, roles: Roles, shutdown: CancellationTok
     tasks.push(tokio::spawn(async move { http_task.await?.map_err(anyhow::Error::from) }));
     tracing::info!(%http_address, "HTTP API listening.");
 
-    let mut attempt = 0;
-    loop {
-        let created = tokio::select! {
-            () = shutdown.cancelled() => anyhow::bail!("stopped before the broker at {} responded", config.kafka.brokers),
-            created = ensure_topics(&config.kafka, topics::ALL) => created,
-        };
-        match created {
-            Ok(()) => break,
-            Err(error) => {
-                let delay = config.retry.delay(attempt);
-                attempt += 1;
-                tracing::warn!(brokers = %config.kafka.brokers, "Cannot create the topics ({error}); retrying in {delay:?}.");
-                tokio::select! {
-                    () = shutdown.cancelled() => anyhow::bail!("stopped before the broker at {} responded", config.kafka.brokers),
-                    () = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
+    let created = config
+        .retry
+        .until_ok(&shutdown, "create the topics", || ensure_topics(&config.kafka, topics::ALL))
+        .await;
+    if created.is_none() {
+        anyhow::bail!("stopped before the broker at {} responded", config.kafka.brokers);
     }
+
     let mut dicom_address = None;
     if let (true, Some(listen)) = (roles.intake, config.dicom_listen) {
         let listener = tokio::net::TcpListener::bind(listen).await?;

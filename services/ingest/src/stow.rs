@@ -1,6 +1,6 @@
 //! DICOMweb STOW-RS (PS3.18 §10.5): `POST /studies` and `POST /studies/{study}` with a
-//! `multipart/related; type="application/dicom"` body, answered per instance in DICOM
-//! JSON. Also `POST /studies/{study}/series/{series}/commit`, this service's own
+//! `multipart/related; type="application/dicom"` body, with one result per instance in
+//! DICOM JSON. Also `POST /studies/{study}/series/{series}/commit`, this service's own
 //! extension, by which a client says a series is complete.
 //!
 //! The hospital is the one the bearer token belongs to. Each part is checked and stored
@@ -26,7 +26,7 @@ use lungstream_schemas::ReasonCode;
 use serde_json::{json, Map, Value};
 use tracing::Instrument;
 
-use crate::intake::{Accepted, Intake, Refused};
+use crate::intake::{Accepted, Intake, Rejected};
 use crate::multipart;
 use crate::tenants::Tenants;
 
@@ -70,7 +70,7 @@ pub fn router(state: Arc<StowState>, max_request_bytes: u64) -> Router {
 /// The result of one part.
 enum PartResult {
     Stored(Accepted),
-    Failed { refused: Refused },
+    Failed { rejected: Rejected },
 }
 
 async fn store_any_study(State(state): State<Arc<StowState>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -140,19 +140,19 @@ async fn store_parts(state: Arc<StowState>, headers: HeaderMap, body: Bytes, stu
             if let Some(media) = part.media_type() {
                 if media != "application/dicom" {
                     intake.count_rejected(hospital_ref, IngestSource::StowRs, ReasonCode::InvalidDicom);
-                    let refused = Refused {
+                    let rejected = Rejected {
                         reason: ReasonCode::InvalidDicom,
                         detail: format!("{label} has type {media}, not application/dicom"),
                         sop_instance_uid: None,
                         sop_class_uid: None,
                         transient: false,
                     };
-                    return PartResult::Failed { refused };
+                    return PartResult::Failed { rejected };
                 }
             }
             match intake.accept_in_study(hospital_ref, part.body, IngestSource::StowRs, &label, study_ref).await {
                 Ok(accepted) => PartResult::Stored(accepted),
-                Err(refused) => PartResult::Failed { refused },
+                Err(rejected) => PartResult::Failed { rejected },
             }
         })
         .buffered(CONCURRENCY)
@@ -171,11 +171,11 @@ pub fn valid_uid(uid: &str) -> bool {
 }
 
 /// Returns the DICOM _Failure Reason_ (0008,1197) for a refusal.
-pub fn failure_reason(refused: &Refused) -> u16 {
-    if refused.transient {
+pub fn failure_reason(rejected: &Rejected) -> u16 {
+    if rejected.transient {
         return 0xA700; // Out of resources
     }
-    match refused.reason {
+    match rejected.reason {
         ReasonCode::NotCt => 0x0122,               // SOP class not supported
         ReasonCode::ConflictingInstance => 0x0111, // Duplicate SOP instance
         _ => 0xC000,                               // Cannot understand
@@ -192,19 +192,19 @@ fn respond(hospital: &str, results: &[PartResult]) -> Response {
                 "00081150": {"vr": "UI", "Value": [a.sop_class_uid]},
                 "00081155": {"vr": "UI", "Value": [a.sop_instance_uid]},
             })),
-            PartResult::Failed { refused } => {
-                transient |= refused.transient;
+            PartResult::Failed { rejected } => {
+                transient |= rejected.transient;
                 let mut item = Map::new();
-                if let Some(class) = &refused.sop_class_uid {
+                if let Some(class) = &rejected.sop_class_uid {
                     item.insert("00081150".into(), json!({"vr": "UI", "Value": [class]}));
                 }
-                if let Some(uid) = &refused.sop_instance_uid {
+                if let Some(uid) = &rejected.sop_instance_uid {
                     item.insert("00081155".into(), json!({"vr": "UI", "Value": [uid]}));
                 }
-                item.insert("00081197".into(), json!({"vr": "US", "Value": [failure_reason(refused)]}));
+                item.insert("00081197".into(), json!({"vr": "US", "Value": [failure_reason(rejected)]}));
                 // Error Comment (LO, at most 64 characters): the reason code first, so
                 // clients can match on it. The whole sentence goes in a private element.
-                let comment = format!("{}: {}", refused.reason.as_str(), refused.detail);
+                let comment = format!("{}: {}", rejected.reason.as_str(), rejected.detail);
                 item.insert("00000902".into(), json!({"vr": "LO", "Value": [truncate_chars(&comment, 64)]}));
                 item.insert("00090010".into(), json!({"vr": "LO", "Value": [PRIVATE_CREATOR]}));
                 item.insert(FULL_REASON_TAG.into(), json!({"vr": "UT", "Value": [comment]}));
