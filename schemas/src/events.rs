@@ -239,6 +239,7 @@ pub struct LobesEvent {
     pub hospital: String,
     pub study_uid: String,
     pub series_uid: String,
+    pub patient_key: Option<String>,
     /// The [`SeriesEvent::revision`] the bundle was made from.
     pub series_revision: u32,
     /// Key of the bundle (safetensors, zstd) in the object store.
@@ -280,19 +281,16 @@ pub enum SeriesOutcome {
 /// The networks' findings for one series.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Analysis {
-    pub model: crate::report::ModelSummary,
-    pub decision: crate::report::Decision,
-    pub probabilities: crate::report::Probabilities,
-    pub infection: crate::report::Infection,
-    pub model_free: crate::report::ModelFree,
-    pub series: crate::report::SeriesSummary,
-    pub worst_slices: Vec<crate::report::WorstSlice>,
-    /// Every lobe's raw and softened scores, in slice order.
-    pub lobes: Vec<crate::report::LobeScores>,
-    /// Keys of the infection and attention maps in the object store.
-    pub infection_map_key: String,
-    pub attention_map_key: String,
-    pub timings_ms: crate::report::Timings,
+    /// The series report, exactly as `lungstream analyze` writes it to `report.json`:
+    /// model, decision, probabilities, infected share and volume, model-free share,
+    /// worst slices, every lobe's raw and softened scores, timings and warnings.
+    pub report: crate::report::Report,
+    /// Key of the maps object (safetensors, zstd) in the object store: every lobe's
+    /// attention, coarse and fine infection maps and infected mask.
+    pub maps_key: String,
+    /// Keys of the overlay images (PNG) in the object store, in the order of
+    /// `report.worst_slices`.
+    pub overlay_keys: Vec<String>,
 }
 
 /// An event on `ct.reports.v1`, for analysts: one study's result, with no DICOM patient

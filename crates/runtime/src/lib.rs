@@ -6,6 +6,7 @@
 //!   transient failures and sends permanent ones to the dead-letter topic;
 //! - [`store`]: object stores from `s3://`, `file://` and `memory://` URLs;
 //! - [`ops`]: `/healthz`, `/readyz`, Prometheus `/metrics` and shutdown on SIGTERM;
+//! - [`tenants`]: hospitals and the tokens and AE titles that identify them;
 //! - [`telemetry`]: logs, and OpenTelemetry trace context carried in Kafka headers.
 
 pub mod bus;
@@ -14,6 +15,7 @@ pub mod kafka;
 pub mod ops;
 pub mod store;
 pub mod telemetry;
+pub mod tenants;
 pub mod worker;
 
 pub use bus::{BusError, Consumer, MemoryBus, Message, Producer};

@@ -318,3 +318,45 @@ mod tests {
         assert_eq!(key_segment(""), "_");
     }
 }
+
+/// Object keys of every stage's outputs. Keys are built from ids and versions only, so a
+/// replayed event rewrites the same objects.
+pub mod keys {
+    use super::key_segment;
+
+    fn series_path(hospital: &str, study_uid: &str, series_uid: &str) -> String {
+        format!("{}/{}/{}", key_segment(hospital), key_segment(study_uid), key_segment(series_uid))
+    }
+
+    /// Prefix of the stored instances of a series.
+    pub fn series_instances_prefix(hospital: &str, study_uid: &str, series_uid: &str) -> String {
+        format!("instances/{}/", series_path(hospital, study_uid, series_uid))
+    }
+
+    /// Key of a stored instance.
+    pub fn instance_key(hospital: &str, study_uid: &str, series_uid: &str, sop_instance_uid: &str) -> String {
+        format!("{}{}.dcm", series_instances_prefix(hospital, study_uid, series_uid), key_segment(sop_instance_uid))
+    }
+
+    /// Key of the lobe bundle of one revision of a series, written by one preprocessing
+    /// version.
+    pub fn bundle_key(hospital: &str, study_uid: &str, series_uid: &str, revision: u32, preprocess_version: &str) -> String {
+        format!(
+            "lobes/{}/r{revision}/{}/lobes.safetensors.zst",
+            series_path(hospital, study_uid, series_uid),
+            key_segment(preprocess_version)
+        )
+    }
+
+    /// Prefix of the network outputs (maps, overlays) of one revision of a series and one
+    /// model version.
+    pub fn results_prefix(hospital: &str, study_uid: &str, series_uid: &str, revision: u32, model_version: &str) -> String {
+        format!("results/{}/r{revision}/{}/", series_path(hospital, study_uid, series_uid), key_segment(model_version))
+    }
+
+    /// Prefix of a study's report files (JSON, HTML, overlays) for one reported series,
+    /// revision and model version.
+    pub fn report_prefix(hospital: &str, study_uid: &str, series_uid: &str, revision: u32, model_version: &str) -> String {
+        format!("reports/{}/r{revision}/{}/", series_path(hospital, study_uid, series_uid), key_segment(model_version))
+    }
+}

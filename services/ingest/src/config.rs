@@ -51,19 +51,7 @@ impl Default for IngestConfig {
     }
 }
 
-/// One hospital: its id (used in keys, events and reports) and its credentials.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Tenant {
-    /// Short id of the hospital: letters, digits, `-` and `_`.
-    pub hospital: String,
-    /// Bearer tokens of its STOW-RS clients.
-    #[serde(default)]
-    pub tokens: Vec<String>,
-    /// Calling AE titles of its scanners and PACS (C-STORE).
-    #[serde(default)]
-    pub ae_titles: Vec<String>,
-}
+pub use lungstream_runtime::tenants::Tenant;
 
 /// Size limits on what ingest accepts.
 #[derive(Clone, Debug, Serialize, Deserialize)]

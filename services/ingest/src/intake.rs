@@ -5,7 +5,6 @@ use std::path::Path;
 
 use bytes::Bytes;
 use lungstream_dicom::{geometry, read_header_bytes, ReaderConfig};
-use lungstream_runtime::store::key_segment;
 use lungstream_runtime::{Created, Ops, Producer, Store};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -72,20 +71,7 @@ fn content_digest(file: &[u8]) -> [u8; 32] {
     hasher.finalize().into()
 }
 
-/// Returns the key prefix, ending in `/`, under which a series' instances are stored.
-pub fn series_instances_prefix(hospital: &str, study_uid: &str, series_uid: &str) -> String {
-    format!(
-        "instances/{}/{}/{}/",
-        key_segment(hospital),
-        key_segment(study_uid),
-        key_segment(series_uid)
-    )
-}
-
-/// Returns the object key of an instance.
-pub fn instance_key(hospital: &str, study_uid: &str, series_uid: &str, sop_instance_uid: &str) -> String {
-    format!("{}{}.dcm", series_instances_prefix(hospital, study_uid, series_uid), key_segment(sop_instance_uid))
-}
+pub use lungstream_runtime::store::keys::{instance_key, series_instances_prefix};
 
 /// Labels of `lungstream_ingest_instances_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -15,4 +15,4 @@ pub mod intake;
 pub mod multipart;
 pub mod service;
 pub mod stow;
-pub mod tenants;
+pub use lungstream_runtime::tenants;

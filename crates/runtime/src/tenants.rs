@@ -1,7 +1,21 @@
-//! Tenant lookup: a request's hospital comes from its bearer token (STOW-RS) or its
-//! calling AE title (C-STORE), never from anything in the request body.
+//! Tenants: a request's hospital comes from its bearer token (HTTP) or its calling AE
+//! title (C-STORE), never from anything in the request body.
 
-use crate::config::Tenant;
+use serde::{Deserialize, Serialize};
+
+/// One hospital: its id (used in keys, events and reports) and its credentials.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tenant {
+    /// Short id of the hospital: letters, digits, `-` and `_`.
+    pub hospital: String,
+    /// Bearer tokens of its HTTP clients (STOW-RS uploads, report readers).
+    #[serde(default)]
+    pub tokens: Vec<String>,
+    /// Calling AE titles of its scanners and PACS (C-STORE).
+    #[serde(default)]
+    pub ae_titles: Vec<String>,
+}
 
 /// The credential table.
 #[derive(Clone, Debug, Default)]
