@@ -133,7 +133,8 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<ExitCode> {
 
     let clock = Instant::now();
     let inputs = ReportInputs {
-        volume: &volume,
+        slices: &volume,
+        patient_key: volume.meta.patient_key.clone(),
         facts: &series.facts,
         inference: &inference,
         model: ModelSummary {

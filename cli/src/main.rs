@@ -16,8 +16,10 @@ mod bench;
 mod dataset;
 mod ingest;
 mod inspect;
+mod local_pipeline;
 mod model;
 mod phantom;
+mod serve;
 mod train;
 
 #[derive(Parser)]
@@ -57,14 +59,21 @@ enum Command {
     /// Send DICOM files to a running ingest service (STOW-RS or C-STORE). Exits with
     /// status 4 when the service rejected some files, and lists them with the reasons.
     Ingest(ingest::IngestArgs),
+    /// Run one service of the distributed pipeline (ingest, assemble, preprocess, infer
+    /// or report) against Kafka, the object store and, for report, PostgreSQL.
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
-    init_logging();
+    let cli = Cli::parse();
+    match &cli.command {
+        // Services log as their own binaries do, with trace context for Kafka headers.
+        Command::Serve(args) => lungstream_runtime::telemetry::init(serve::service_name(args)),
+        _ => init_logging(),
+    }
     // The reader catches codec panics on corrupt pixel data and reports them as
     // `decode_failed`. Each panic is logged as one line instead of a backtrace.
     std::panic::set_hook(Box::new(|info| tracing::error!("Internal error: {info}")));
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Analyze(args) => analyze::run(&args),
         Command::Inspect(args) => inspect::run(&args),
@@ -75,6 +84,7 @@ fn main() -> ExitCode {
         Command::Evaluate(args) => train::run_evaluate(&args),
         Command::Dataset(args) => dataset::run(&args),
         Command::Ingest(args) => ingest::run(&args),
+        Command::Serve(args) => serve::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -28,5 +28,5 @@ pub use error::{ReadError, SliceGap};
 pub use lengths::data_set_start;
 pub use header::{header_from_object, parse_object, read_header, read_header_bytes, PixelPadding, SliceHeader};
 pub use patient_key::patient_key;
-pub use series::{load_volume, read_volume, DuplicateFile, Inventory, SkippedFile, StackCandidate};
+pub use series::{load_volume, read_slice, read_volume, DuplicateFile, Inventory, SkippedFile, SliceImage, StackCandidate};
 pub use volume::{BitMask, CtVolume, Dims, SeriesMeta, SliceMeta};

@@ -334,6 +334,35 @@ pub fn load_volume(candidate: &StackCandidate, config: &ReaderConfig) -> Result<
     })
 }
 
+/// One instance decoded on its own: Hounsfield units in the canonical in-plane layout
+/// of [`load_volume`], so it matches the slice of the volume it belongs to.
+#[derive(Clone, Debug)]
+pub struct SliceImage {
+    pub sop_instance_uid: String,
+    pub rows: usize,
+    pub columns: usize,
+    pub hu: Vec<i16>,
+}
+
+/// Reads and decodes a single instance (a worst slice to draw, say) without its series.
+///
+/// # Errors
+///
+/// Every header check of [`read_header`], and decoding errors.
+pub fn read_slice(path: &std::path::Path, config: &ReaderConfig) -> Result<SliceImage, ReadError> {
+    let header = read_header(path, config)?;
+    let mapping = InPlaneMapping::from_orientation(&header.orientation);
+    let (rows, columns) = mapping.canonical_shape(header.rows as usize, header.columns as usize);
+    let mut hu = vec![0i16; rows * columns];
+    load_slice(&header, &SliceConverter::new(&header), &mapping, &mut hu)?;
+    Ok(SliceImage {
+        sop_instance_uid: header.sop_instance_uid,
+        rows,
+        columns,
+        hu,
+    })
+}
+
 /// What decides a slice's conversion table.
 #[derive(PartialEq, Eq, Hash)]
 struct ConverterKey {

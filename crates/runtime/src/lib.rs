@@ -7,12 +7,14 @@
 //! - [`store`]: object stores from `s3://`, `file://` and `memory://` URLs;
 //! - [`ops`]: `/healthz`, `/readyz`, Prometheus `/metrics` and shutdown on SIGTERM;
 //! - [`tenants`]: hospitals and the tokens and AE titles that identify them;
+//! - [`stage`]: the start-up every stage service shares;
 //! - [`telemetry`]: logs, and OpenTelemetry trace context carried in Kafka headers.
 
 pub mod bus;
 pub mod config;
 pub mod kafka;
 pub mod ops;
+pub mod stage;
 pub mod store;
 pub mod telemetry;
 pub mod tenants;
@@ -22,4 +24,4 @@ pub use bus::{BusError, Consumer, MemoryBus, Message, Producer};
 pub use config::{KafkaConfig, RetryConfig};
 pub use ops::Ops;
 pub use store::{Created, Store, StoreError};
-pub use worker::{HandleError, Handler, Rejection, Worker};
+pub use worker::{BatchHandler, BatchLimits, HandleError, Handler, Rejection, Worker};

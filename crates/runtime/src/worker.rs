@@ -64,6 +64,23 @@ pub trait Handler: Send {
     fn handle(&mut self, message: &Message) -> impl Future<Output = Result<(), HandleError>> + Send;
 }
 
+/// A stage that works on several events at once (the infer service batches lobes of
+/// several series through the networks). It writes the outputs of every event it reports
+/// `Ok` before it returns.
+pub trait BatchHandler: Send {
+    /// Returns one result per message, in the order given.
+    fn handle_batch(&mut self, messages: &[&Message]) -> impl Future<Output = Vec<Result<(), HandleError>>> + Send;
+}
+
+/// How [`Worker::run_batched`] gathers a batch.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchLimits {
+    /// Most events in one batch.
+    pub max_events: usize,
+    /// How long to wait for more events after the first one.
+    pub linger: std::time::Duration,
+}
+
 /// How one event ended.
 enum Outcome {
     Done,
@@ -134,14 +151,131 @@ impl Worker {
         Ok(())
     }
 
+    /// As [`Worker::run`], but hands the handler batches of events: after the first event
+    /// it waits up to `limits.linger` for more, up to `limits.max_events`. Events of a
+    /// batch that fail transiently are retried together; the batch is committed when
+    /// every event in it is done.
+    ///
+    /// # Errors
+    ///
+    /// Never for a single event's failure; only when the consumer itself cannot go on.
+    pub async fn run_batched<H: BatchHandler>(&self, mut consumer: Consumer, handler: &mut H, limits: BatchLimits, shutdown: CancellationToken) -> Result<(), BusError> {
+        let mut receive_failures = 0u32;
+        loop {
+            let received = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                received = consumer.recv() => received,
+            };
+            let first = match received {
+                Ok(message) => {
+                    receive_failures = 0;
+                    message
+                }
+                Err(error) => {
+                    let delay = self.retry.delay(receive_failures);
+                    receive_failures += 1;
+                    tracing::warn!(service = self.service, "Cannot receive from the broker ({error}); retrying in {delay:?}.");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(delay) => continue,
+                    }
+                }
+            };
+            let mut batch = vec![first];
+            let deadline = tokio::time::Instant::now() + limits.linger;
+            while batch.len() < limits.max_events.max(1) {
+                match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                    Ok(Ok(message)) => batch.push(message),
+                    Ok(Err(error)) => {
+                        tracing::warn!(service = self.service, "Cannot receive from the broker ({error}); handling the batch gathered so far.");
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let started = Instant::now();
+            let outcome = self.process_batch(&batch, handler, &shutdown).await;
+            let share = started.elapsed().as_secs_f64() / batch.len() as f64;
+            for message in &batch {
+                self.ops
+                    .metrics
+                    .handle_seconds
+                    .get_or_create(&StageLabels {
+                        service: self.service.into(),
+                        topic: message.topic.clone(),
+                    })
+                    .observe(share);
+            }
+            match outcome {
+                Outcome::Done => {
+                    let mut next: std::collections::BTreeMap<(String, i32), i64> = std::collections::BTreeMap::new();
+                    for message in &batch {
+                        let entry = next.entry((message.topic.clone(), message.partition)).or_insert(0);
+                        *entry = (*entry).max(message.offset + 1);
+                    }
+                    for ((topic, partition), offset) in next {
+                        if let Err(error) = consumer.commit(&topic, partition, offset) {
+                            tracing::warn!(service = self.service, "Commit failed ({error}); the events may be handled again.");
+                        }
+                    }
+                }
+                Outcome::Interrupted => break,
+            }
+        }
+        tracing::info!(service = self.service, "Consumer loop stopped; leaving the group.");
+        consumer.close();
+        Ok(())
+    }
+
+    async fn process_batch<H: BatchHandler>(&self, batch: &[Message], handler: &mut H, shutdown: &CancellationToken) -> Outcome {
+        let mut pending: Vec<&Message> = Vec::new();
+        for message in batch {
+            match version_problem(message) {
+                Some(rejection) => {
+                    if let Outcome::Interrupted = self.reject(message, rejection, shutdown).await {
+                        return Outcome::Interrupted;
+                    }
+                }
+                None => pending.push(message),
+            }
+        }
+        let mut attempt = 0u32;
+        while !pending.is_empty() {
+            let results = handler.handle_batch(&pending).await;
+            let mut retry = Vec::new();
+            let mut last_error = None;
+            for (message, result) in pending.iter().zip(results) {
+                match result {
+                    Ok(()) => self.count(message, "done"),
+                    Err(HandleError::Permanent(rejection)) => {
+                        if let Outcome::Interrupted = self.reject(message, rejection, shutdown).await {
+                            return Outcome::Interrupted;
+                        }
+                    }
+                    Err(HandleError::Transient(error)) => {
+                        self.count(message, "retry");
+                        last_error = Some(error);
+                        retry.push(*message);
+                    }
+                }
+            }
+            pending = retry;
+            if let Some(error) = last_error {
+                let delay = self.retry.delay(attempt);
+                attempt += 1;
+                tracing::warn!(attempt, events = pending.len(), "Transient failure: {error:#}; retrying in {delay:?}.");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Outcome::Interrupted,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+        Outcome::Done
+    }
+
     async fn process<H: Handler>(&self, message: &Message, handler: &mut H, shutdown: &CancellationToken) -> Outcome {
-        let version_problem = match peek_schema_version(&message.payload) {
-            None => Some(Rejection::new(ReasonCode::MalformedEvent, "the event is not JSON with a schema_version")),
-            Some(version) => check_schema_version(&version)
-                .err()
-                .map(|e| Rejection::new(ReasonCode::UnknownSchemaVersion, e.to_string())),
-        };
-        if let Some(rejection) = version_problem {
+        if let Some(rejection) = version_problem(message) {
             return self.reject(message, rejection, shutdown).await;
         }
         let mut attempt = 0u32;
@@ -200,6 +334,16 @@ impl Worker {
                 outcome: outcome.into(),
             })
             .inc();
+    }
+}
+
+/// The rejection of an event that is not JSON with a `schema_version` this build reads.
+fn version_problem(message: &Message) -> Option<Rejection> {
+    match peek_schema_version(&message.payload) {
+        None => Some(Rejection::new(ReasonCode::MalformedEvent, "the event is not JSON with a schema_version")),
+        Some(version) => check_schema_version(&version)
+            .err()
+            .map(|e| Rejection::new(ReasonCode::UnknownSchemaVersion, e.to_string())),
     }
 }
 

@@ -9,6 +9,7 @@ pub mod aggregate;
 pub mod config;
 pub mod init;
 pub mod maps;
+pub mod maps_file;
 #[cfg(feature = "torch")]
 pub mod model;
 #[cfg(feature = "torch")]
@@ -28,7 +29,7 @@ pub use crate::maps::FINE_GRID;
 #[cfg(feature = "torch")]
 pub use crate::model::{DeviceChoice, Model, ModelCard, ModelError};
 #[cfg(feature = "torch")]
-pub use crate::run::{batch_tensors, infer_series, run_batch, BatchOutput, InferOptions, DEFAULT_BATCH};
+pub use crate::run::{batch_tensors, infer_many, infer_series, run_batch, BatchOutput, InferOptions, DEFAULT_BATCH};
 
 /// Network outputs for one lobe.
 #[derive(Clone, Debug)]

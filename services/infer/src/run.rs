@@ -83,20 +83,34 @@ pub fn run_batch(model: &Model, input: &Tensor, distance: &Tensor) -> Result<Bat
 ///
 /// When libtorch fails.
 pub fn infer_series(model: &Model, series: &PreprocessedSeries, options: InferOptions, progress: &mut dyn FnMut(usize)) -> Result<SeriesInference, tch::TchError> {
+    let mut results = infer_many(model, &[series], options, progress)?;
+    Ok(results.pop().expect("one result per series"))
+}
+
+/// As [`infer_series`] for several series at once: their lobes run through the networks in
+/// shared batches, so a device stays busy even when series are small. `progress` gets the
+/// number of lobes done over all series.
+///
+/// # Errors
+///
+/// When libtorch fails.
+pub fn infer_many(model: &Model, series: &[&PreprocessedSeries], options: InferOptions, progress: &mut dyn FnMut(usize)) -> Result<Vec<SeriesInference>, tch::TchError> {
     let batch = options.batch.max(1);
     let cells = COARSE_GRID * COARSE_GRID;
     let fine_cells = FINE_GRID * FINE_GRID;
-    let mut lobes = Vec::with_capacity(series.lobes.len());
-    for chunk in series.lobes.chunks(batch) {
-        let refs: Vec<&Lobe> = chunk.iter().collect();
+    let all: Vec<(usize, &Lobe)> = series.iter().enumerate().flat_map(|(s, one)| one.lobes.iter().map(move |lobe| (s, lobe))).collect();
+    let mut per_series: Vec<Vec<LobeResult>> = series.iter().map(|one| Vec::with_capacity(one.lobes.len())).collect();
+    let mut done = 0;
+    for chunk in all.chunks(batch) {
+        let refs: Vec<&Lobe> = chunk.iter().map(|(_, lobe)| *lobe).collect();
         let (input, distance) = batch_tensors(&refs);
         let out = run_batch(model, &input, &distance)?;
-        for (i, lobe) in chunk.iter().enumerate() {
+        for (i, (s, lobe)) in chunk.iter().enumerate() {
             let coarse = out.coarse[i * cells..(i + 1) * cells].to_vec();
             let fine = out.fine[i * fine_cells..(i + 1) * fine_cells].to_vec();
             let infected = maps::infection_mask(&coarse, &fine, &lobe.mask);
             let infected_pixels = maps::infected_slice_pixels(infected.count(), lobe.mask.count(), lobe.lung_pixels);
-            lobes.push(LobeResult {
+            per_series[*s].push(LobeResult {
                 slice: lobe.slice,
                 side: lobe.side,
                 position_mm: lobe.position_mm,
@@ -114,8 +128,8 @@ pub fn infer_series(model: &Model, series: &PreprocessedSeries, options: InferOp
                 lung_pixels: lobe.lung_pixels,
             });
         }
-        progress(lobes.len());
+        done += chunk.len();
+        progress(done);
     }
-    Ok(summarise(lobes, series.facts.spacing_mm))
+    Ok(per_series.into_iter().zip(series).map(|(lobes, one)| summarise(lobes, one.facts.spacing_mm)).collect())
 }
-

@@ -26,6 +26,7 @@ pub mod lungs;
 pub mod normalise;
 pub mod patches;
 mod quantify;
+pub mod service;
 
 use lungstream_dicom::CtVolume;
 use lungstream_schemas::ReasonCode;
@@ -122,6 +123,10 @@ pub struct SeriesFacts {
     pub spacing_mm: [f64; 3],
     pub infection_band: Option<InfectionBand>,
     pub model_free: ModelFreeShares,
+    /// SOP Instance UID of every slice, in volume order (from the feet), so a later stage
+    /// can fetch the instance behind a slice index.
+    #[serde(default)]
+    pub sop_instance_uids: Vec<String>,
 }
 
 /// A preprocessed series: its lobes in slice order (right before left) and its facts.
@@ -203,6 +208,7 @@ pub fn preprocess(volume: &CtVolume, config: &PreprocessConfig) -> Result<Prepro
         spacing_mm: volume.spacing_mm,
         infection_band: band,
         model_free,
+        sop_instance_uids: volume.slices.iter().map(|s| s.sop_instance_uid.clone()).collect(),
     };
     Ok(PreprocessedSeries { facts, lobes })
 }

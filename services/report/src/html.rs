@@ -63,7 +63,10 @@ pub fn render_html(rendered: &RenderedReport) -> String {
     out.push_str("</table><p>The model-free shares count lung voxels in Hounsfield bands; vessels and partial volume fall in them too, so they run high on healthy lungs.</p>");
 
     out.push_str("<h2>Worst slices</h2><p>Left: lung window with the infected area in red. Right: the attention of the diseased-vs-healthy network (blue low, red high).</p>");
-    for (slice, (name, png)) in r.worst_slices.iter().zip(&rendered.overlays) {
+    for slice in &r.worst_slices {
+        let Some((name, png)) = rendered.overlays.iter().find(|(name, _)| !name.is_empty() && *name == slice.overlay) else {
+            continue;
+        };
         let data = base64::engine::general_purpose::STANDARD.encode(png);
         let _ = write!(
             out,

@@ -1,15 +1,19 @@
 //! Reports of analysed series: `report.json` (the [`Report`] type of the schemas crate),
 //! PNG overlays of the worst slices, and a self-contained HTML page.
 //!
-//! [`build_report`] is a plain function of the volume, the preprocessing facts and the
-//! inference result; [`write_report`] puts its output in a folder.
+//! [`build_report`] is a plain function of the slices to draw, the preprocessing facts
+//! and the inference result; [`write_report`] puts its output in a folder.
 
+pub mod api;
+pub mod config;
+pub mod db;
 pub mod html;
 pub mod overlay;
+pub mod service;
 
 use std::path::Path;
 
-use lungstream_dicom::CtVolume;
+use lungstream_dicom::{CtVolume, SliceImage};
 use lungstream_infer::{LobeResult, SeriesInference};
 use lungstream_preprocess::{SeriesFacts, SideShares, Sides};
 use lungstream_schemas::report::{Infection, LobeScores, ModelFree, ModelSummary, PerSide, Probabilities, Report, SeriesSummary, Timings, WorstSlice, REPORT_SCHEMA_VERSION};
@@ -19,9 +23,33 @@ pub use crate::overlay::{render_overlay, RgbImage};
 /// Default number of worst slices drawn as overlays.
 pub const DEFAULT_WORST_SLICES: usize = 4;
 
+/// Source of the Hounsfield units of the slices drawn as overlays.
+pub trait SlicePixels {
+    /// The slice with index `slice` in the volume (from the feet): its values, rows and
+    /// columns, in the canonical layout; `None` when it is not available.
+    fn slice_hu(&self, slice: usize) -> Option<(&[i16], usize, usize)>;
+}
+
+impl SlicePixels for CtVolume {
+    fn slice_hu(&self, slice: usize) -> Option<(&[i16], usize, usize)> {
+        (slice < self.dims.slices).then(|| (self.slice(slice), self.dims.rows, self.dims.columns))
+    }
+}
+
+/// Single decoded instances by slice index: what the infer service fetches for the worst
+/// slices instead of the whole volume.
+impl SlicePixels for std::collections::HashMap<usize, SliceImage> {
+    fn slice_hu(&self, slice: usize) -> Option<(&[i16], usize, usize)> {
+        self.get(&slice).map(|s| (s.hu.as_slice(), s.rows, s.columns))
+    }
+}
+
 /// Inputs of a report.
 pub struct ReportInputs<'a> {
-    pub volume: &'a CtVolume,
+    /// Pixels of the worst slices, for the overlays.
+    pub slices: &'a dyn SlicePixels,
+    /// The pseudonymous patient key of the series.
+    pub patient_key: Option<String>,
     pub facts: &'a SeriesFacts,
     pub inference: &'a SeriesInference,
     pub model: ModelSummary,
@@ -68,10 +96,20 @@ pub fn build_report(inputs: &ReportInputs) -> RenderedReport {
     let pixel_mm2 = facts.spacing_mm[1] * facts.spacing_mm[2];
     let mut worst_slices = Vec::new();
     let mut overlays = Vec::new();
+    let mut missing_slices = Vec::new();
     for slice in inference.slices_by_severity.iter().take(inputs.worst_slices) {
         let lobes: Vec<&LobeResult> = inference.lobes.iter().filter(|l| l.slice == slice.slice).collect();
-        let name = format!("slice-{:04}.png", slice.slice);
-        overlays.push((name.clone(), render_overlay(inputs.volume, slice.slice, &lobes).to_png()));
+        let name = match inputs.slices.slice_hu(slice.slice) {
+            Some((hu, rows, columns)) => {
+                let name = format!("slice-{:04}.png", slice.slice);
+                overlays.push((name.clone(), render_overlay(hu, rows, columns, &lobes).to_png()));
+                name
+            }
+            None => {
+                missing_slices.push(slice.slice);
+                String::new()
+            }
+        };
         worst_slices.push(WorstSlice {
             slice: slice.slice,
             position_mm: slice.position_mm,
@@ -95,13 +133,17 @@ pub fn build_report(inputs: &ReportInputs) -> RenderedReport {
         ));
     }
 
+    if !missing_slices.is_empty() {
+        warnings.push(format!("The images of slices {missing_slices:?} could not be read, so they have no overlay."));
+    }
+
     let mf = &facts.model_free;
     let report = Report {
         schema_version: REPORT_SCHEMA_VERSION.to_string(),
         generator: format!("lungstream {}", env!("CARGO_PKG_VERSION")),
         series: SeriesSummary {
             series_uid: facts.series_uid.clone(),
-            patient_key: inputs.volume.meta.patient_key.clone().unwrap_or_default(),
+            patient_key: inputs.patient_key.clone().unwrap_or_default(),
             slices: facts.slices,
             slices_with_lungs: facts.slices_with_lungs,
             spacing_mm: facts.spacing_mm,

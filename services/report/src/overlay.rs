@@ -1,7 +1,6 @@
 //! Overlay images of one slice: the lung window with the infected area in red, beside the
 //! same slice with the diseased network's attention as a heat map over the lung.
 
-use lungstream_dicom::CtVolume;
 use lungstream_infer::LobeResult;
 use lungstream_preprocess::crop::CropBox;
 use lungstream_preprocess::patches::COARSE_STRIDE;
@@ -75,13 +74,13 @@ fn crop_pixel(crop_box: &CropBox, row: usize, column: usize) -> Option<(usize, u
     Some((crop_box.offset_row + pr, crop_box.offset_column + pc))
 }
 
-/// Renders slice `slice` twice side by side: infection in red on the left, attention on
-/// the right. `lobes` are the slice's lobes (one or two).
-pub fn render_overlay(volume: &CtVolume, slice: usize, lobes: &[&LobeResult]) -> RgbImage {
-    let (rows, columns) = (volume.dims.rows, volume.dims.columns);
+/// Renders a slice (Hounsfield units, `rows × columns`, canonical layout) twice side by
+/// side: infection in red on the left, attention on the right. `lobes` are the slice's
+/// lobes (one or two).
+pub fn render_overlay(hu: &[i16], rows: usize, columns: usize, lobes: &[&LobeResult]) -> RgbImage {
     let width = 2 * columns;
     let mut image = RgbImage { width, height: rows, data: vec![0; width * rows * 3] };
-    for (i, &hu) in volume.slice(slice).iter().enumerate() {
+    for (i, &hu) in hu.iter().enumerate().take(rows * columns) {
         let grey = lung_window(hu);
         let (r, c) = (i / columns, i % columns);
         for panel in [c, columns + c] {
