@@ -32,6 +32,10 @@ enum BenchTarget {
     /// Needs `--python .cache/torch-full/bin/python` (made by `scripts/setup.sh
     /// --torch-full`): the torch of .cache/venv cannot be imported by Python.
     Infer(InferBenchArgs),
+    /// The distributed pipeline (every service in this process, through the real broker,
+    /// object store and PostgreSQL of `scripts/services.sh up`) against embedded analyze
+    /// on the same phantom series, and with two preprocess workers against one.
+    Pipeline(crate::bench_pipeline::PipelineBenchArgs),
 }
 
 #[derive(Args)]
@@ -103,6 +107,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         BenchTarget::Reader(reader) => bench_reader(reader),
         BenchTarget::Preprocess(preprocess) => bench_preprocess(preprocess),
         BenchTarget::Infer(infer) => bench_infer(infer),
+        BenchTarget::Pipeline(pipeline) => crate::bench_pipeline::run(pipeline),
     }
 }
 

@@ -86,6 +86,8 @@ pub struct PipelineOptions {
 /// The running services.
 pub struct LocalPipeline {
     pub ingest_address: SocketAddr,
+    /// The report API; the end-to-end tests read it.
+    #[allow(dead_code)]
     pub report_address: SocketAddr,
     shutdown: CancellationToken,
     ingest: lungstream_ingest::service::Running,

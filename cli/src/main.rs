@@ -13,6 +13,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod analyze;
 mod bench;
+mod bench_pipeline;
 mod dataset;
 mod ingest;
 mod inspect;

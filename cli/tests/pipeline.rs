@@ -14,7 +14,7 @@ use local_pipeline::{Endpoints, LocalPipeline, PipelineOptions};
 use lungstream_ingest::client::{upload, UploadOptions};
 use lungstream_runtime::kafka::KafkaConsumer;
 use lungstream_runtime::tenants::Tenant;
-use lungstream_schemas::events::{topics, ReportEvent};
+use lungstream_schemas::events::{topics, DeadLetterEvent, ReportEvent};
 use lungstream_schemas::report::Report;
 
 const NORTH: &str = "north-pipeline-token-0123456789";
@@ -79,6 +79,20 @@ async fn reports_until(endpoints: &Endpoints, timeout: Duration, done: impl Fn(&
     }
     consumer.close();
     seen
+}
+
+/// Reads `topic` from the start until `done` holds or 60 s pass.
+async fn read_topic(endpoints: &Endpoints, topic: &str, done: impl Fn(&[lungstream_runtime::Message]) -> bool) -> Vec<lungstream_runtime::Message> {
+    let mut consumer = KafkaConsumer::join(&endpoints.kafka, "test-topic-reader", &[topic]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut messages = Vec::new();
+    while Instant::now() < deadline && !done(&messages) {
+        if let Ok(Ok(message)) = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await {
+            messages.push(message);
+        }
+    }
+    consumer.close();
+    messages
 }
 
 async fn get(address: std::net::SocketAddr, path: &str, token: &str) -> (u16, Vec<u8>) {
@@ -174,13 +188,21 @@ async fn real_series_report_matches_analyze() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phantom_studies_from_two_hospitals() {
+    // Five analysable studies and one that preprocess rejects, from two hospitals at once.
     use lungstream_phantom::{write_series, Label, PhantomSpec};
     lungstream_runtime::telemetry::init("pipeline-test");
     let endpoints = Endpoints::local("pipeline-phantoms");
     endpoints.check().unwrap();
     let pipeline = LocalPipeline::start(&endpoints, &options(2)).await.unwrap();
     let folder = tempfile::tempdir().unwrap();
-    let plan = [("north", NORTH, Label::Covid, 11), ("north", NORTH, Label::Healthy, 12), ("north", NORTH, Label::Other, 13), ("south", SOUTH, Label::Covid, 14), ("south", SOUTH, Label::Healthy, 15)];
+    let plan = [
+        ("north", NORTH, Label::Covid, 11),
+        ("north", NORTH, Label::Healthy, 12),
+        ("north", NORTH, Label::Other, 13),
+        ("south", SOUTH, Label::Covid, 14),
+        ("south", SOUTH, Label::Healthy, 15),
+        ("south", SOUTH, Label::Healthy, 16),
+    ];
     let mut studies = Vec::new();
     for (i, (hospital, _, label, seed)) in plan.iter().enumerate() {
         let mut spec = PhantomSpec::preset(*label, *seed).with_matrix(128, 128, 2.8);
@@ -191,11 +213,16 @@ async fn phantom_studies_from_two_hospitals() {
         if i == 0 {
             spec.second_series_kernel = Some("LUNG".into());
         }
+        // The last one misses two slices: the client commits it anyway, and preprocess
+        // rejects it, so its report says why.
+        if i == 5 {
+            spec.missing_slices = vec![20, 21];
+        }
         let dir = folder.path().join(format!("{hospital}-{i}"));
         let truth = write_series(&spec, &dir).unwrap();
         studies.push((*hospital, truth.study_uid.clone(), truth.series_uids.clone(), dir));
     }
-    // All five at once.
+    // All six at once.
     let uploads = plan.iter().zip(&studies).map(|((_, token, _, _), (_, _, _, dir))| {
         let files = dicom_files(dir);
         let options = UploadOptions::new(&format!("http://{}", pipeline.ingest_address), token);
@@ -211,10 +238,16 @@ async fn phantom_studies_from_two_hospitals() {
         studies.iter().all(|(_, study_uid, series_uids, _)| seen.iter().any(|e| &e.study_uid == study_uid && e.other_series.len() + 1 == series_uids.len()))
     };
     let events = reports_until(&endpoints, Duration::from_secs(300), complete).await;
-    assert_eq!(events.len(), 5, "reports for {} of 5 studies within 300 s", events.len());
-    for (hospital, study_uid, series_uids, _) in &studies {
+    assert_eq!(events.len(), 6, "reports for {} of 6 studies within 300 s", events.len());
+    for (i, (hospital, study_uid, series_uids, _)) in studies.iter().enumerate() {
         let event = events.iter().find(|e| &e.study_uid == study_uid).expect("a report per study");
         assert_eq!(&event.hospital, hospital);
+        if i == 5 {
+            assert_eq!(event.status, "rejected");
+            assert_eq!(event.reason, Some(lungstream_schemas::ReasonCode::MissingSlices), "{event:?}");
+            assert_eq!(event.decision, None);
+            continue;
+        }
         assert_eq!(event.status, "analysed");
         assert!(series_uids.contains(&event.series_uid));
         assert_eq!(event.other_series.len(), series_uids.len() - 1, "{event:?}");
@@ -223,7 +256,7 @@ async fn phantom_studies_from_two_hospitals() {
     }
 
     // Each hospital sees its own studies, and nobody else's.
-    for (token, hospital, count) in [(NORTH, "north", 3), (SOUTH, "south", 2)] {
+    for (token, hospital, count) in [(NORTH, "north", 3), (SOUTH, "south", 3)] {
         let (status, body) = get(pipeline.report_address, "/api/v1/worklist?sort=severity", token).await;
         assert_eq!(status, 200);
         let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -238,5 +271,18 @@ async fn phantom_studies_from_two_hospitals() {
     assert_eq!(status, 403);
     let (status, _) = get(pipeline.report_address, &format!("/api/v1/studies/{south_study}"), SOUTH).await;
     assert_eq!(status, 200);
+    // The rejected series is also on the dead-letter topic, with the same reason.
+    let rejected_series = studies[5].2[0].clone();
+    let letters = read_topic(&endpoints, topics::DEAD_LETTER, |m| {
+        m.iter().any(|m| serde_json::from_slice::<DeadLetterEvent>(&m.payload).is_ok_and(|e| e.series_uid.as_deref() == Some(rejected_series.as_str())))
+    })
+    .await;
+    let letter: DeadLetterEvent = letters
+        .iter()
+        .filter_map(|m| serde_json::from_slice::<DeadLetterEvent>(&m.payload).ok())
+        .find(|e| e.series_uid.as_deref() == Some(rejected_series.as_str()))
+        .expect("a dead letter for the rejected series");
+    assert_eq!(letter.reason, lungstream_schemas::ReasonCode::MissingSlices);
+    assert_eq!(letter.service, "preprocess");
     pipeline.stop().await.unwrap();
 }

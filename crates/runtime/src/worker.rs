@@ -522,4 +522,84 @@ mod tests {
         assert!(bus.committed("g", "in").is_empty());
         assert!(bus.events(topics::DEAD_LETTER).is_empty());
     }
+
+    /// Records the batches it is given; the same rules as [`Recorder`] per event.
+    struct BatchRecorder {
+        inner: Recorder,
+        batches: Vec<Vec<String>>,
+    }
+
+    impl BatchHandler for BatchRecorder {
+        async fn handle_batch(&mut self, messages: &[&Message]) -> Vec<Result<(), HandleError>> {
+            let names = messages
+                .iter()
+                .map(|m| serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap()["name"].as_str().unwrap().to_string())
+                .collect();
+            self.batches.push(names);
+            let mut results = Vec::new();
+            for message in messages {
+                results.push(self.inner.handle(message).await);
+            }
+            results
+        }
+    }
+
+    #[tokio::test]
+    async fn batched_loop_retries_only_failed_events_and_commits_the_batch() {
+        let bus = MemoryBus::new(1);
+        let producer = bus.producer();
+        for name in ["a", "poison", "flaky", "b", "c"] {
+            producer.send_json("in", "k", &serde_json::json!({"schema_version": "1.0", "name": name})).await.unwrap();
+        }
+        producer.send("in", "k", b"not json", &[]).await.unwrap();
+        let worker = Worker {
+            service: "test",
+            producer: producer.clone(),
+            retry: RetryConfig {
+                initial_ms: 1,
+                max_ms: 5,
+                multiplier: 2.0,
+            },
+            ops: Ops::new(),
+        };
+        let mut handler = BatchRecorder {
+            inner: Recorder {
+                seen: Vec::new(),
+                flaky_failures: Arc::new(AtomicU32::new(0)),
+            },
+            batches: Vec::new(),
+        };
+        let shutdown = CancellationToken::new();
+        let stopper = shutdown.clone();
+        let watcher = bus.clone();
+        tokio::spawn(async move {
+            while watcher.committed("g", "in").get(&0) != Some(&6) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            stopper.cancel();
+        });
+        let limits = BatchLimits {
+            max_events: 4,
+            linger: Duration::from_millis(50),
+        };
+        let consumer = bus.consumer("g", &["in"]);
+        tokio::time::timeout(Duration::from_secs(10), worker.run_batched(consumer, &mut handler, limits, shutdown))
+            .await
+            .expect("the loop stops after shutdown")
+            .unwrap();
+
+        // Four events, then the flaky one alone twice more, then the rest (the malformed
+        // event never reaches the handler).
+        assert_eq!(
+            handler.batches,
+            vec![vec!["a", "poison", "flaky", "b"], vec!["flaky"], vec!["flaky"], vec!["c"]]
+        );
+        assert_eq!(handler.inner.seen, vec!["a", "b", "flaky", "c"]);
+        let reasons: Vec<ReasonCode> = bus
+            .events(topics::DEAD_LETTER)
+            .iter()
+            .map(|m| serde_json::from_slice::<DeadLetterEvent>(&m.payload).unwrap().reason)
+            .collect();
+        assert_eq!(reasons, vec![ReasonCode::InvalidDicom, ReasonCode::MalformedEvent]);
+    }
 }
