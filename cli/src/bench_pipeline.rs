@@ -175,6 +175,8 @@ async fn pipeline_seconds(series: &[PathBuf], preprocess_workers: usize) -> anyh
         preprocess_threads: 0,
         infer_threads: 0,
         quiet_period_s: 60.0,
+        // Embedded analyze runs on the CPU here, so the pipeline does too.
+        device: "cpu".into(),
     };
     let pipeline = LocalPipeline::start(&endpoints, &options).await?;
     // The consumer joins before the first upload, so no report is missed.

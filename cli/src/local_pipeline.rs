@@ -60,7 +60,9 @@ impl Endpoints {
     /// Checks that the broker, the store and PostgreSQL accept connections.
     pub fn check(&self) -> anyhow::Result<()> {
         let s3 = self.store_options.get("aws_endpoint").map(|e| e.trim_start_matches("http://").to_string()).unwrap_or_default();
-        for (what, address) in [("the Kafka broker", self.kafka.brokers.clone()), ("the S3 server", s3), ("PostgreSQL", "127.0.0.1:5432".to_string())] {
+        // postgres://user@host:port/database → host:port
+        let database = self.database_url.split('@').nth(1).and_then(|rest| rest.split('/').next()).unwrap_or("127.0.0.1:5432").to_string();
+        for (what, address) in [("the Kafka broker", self.kafka.brokers.clone()), ("the S3 server", s3), ("PostgreSQL", database)] {
             if std::net::TcpStream::connect(&address).is_err() {
                 anyhow::bail!("{what} does not accept connections on {address}: start the servers with `scripts/services.sh up`");
             }
@@ -81,6 +83,8 @@ pub struct PipelineOptions {
     pub infer_threads: i32,
     /// Quiet period of the assembler, seconds.
     pub quiet_period_s: f64,
+    /// Device of the networks: `auto`, `cpu` or `cuda`.
+    pub device: String,
 }
 
 /// The running services.
@@ -105,6 +109,15 @@ impl LocalPipeline {
     /// The first service that cannot start.
     pub async fn start(endpoints: &Endpoints, options: &PipelineOptions) -> anyhow::Result<LocalPipeline> {
         let shutdown = CancellationToken::new();
+        // The services started before one that fails stop with it.
+        let started = Self::start_all(endpoints, options, shutdown.clone()).await;
+        if started.is_err() {
+            shutdown.cancel();
+        }
+        started
+    }
+
+    async fn start_all(endpoints: &Endpoints, options: &PipelineOptions, shutdown: CancellationToken) -> anyhow::Result<LocalPipeline> {
         let any_port: SocketAddr = "127.0.0.1:0".parse().expect("a valid address");
         let ingest = lungstream_ingest::service::start(
             IngestConfig {
@@ -148,7 +161,7 @@ impl LocalPipeline {
                 store_url: endpoints.store_url.clone(),
                 store_options: endpoints.store_options.clone(),
                 http_listen: any_port,
-                device: "auto".into(),
+                device: options.device.clone(),
                 threads: options.infer_threads,
                 ..InferServiceConfig::default()
             },
@@ -186,11 +199,12 @@ impl LocalPipeline {
     /// The first service that failed.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
-        self.ingest.wait().await?;
+        let mut outcomes = vec![self.ingest.wait().await];
         for worker in self.preprocess {
-            worker.wait().await?;
+            outcomes.push(worker.wait().await);
         }
-        self.infer.wait().await?;
-        self.report.wait().await
+        outcomes.push(self.infer.wait().await);
+        outcomes.push(self.report.wait().await);
+        outcomes.into_iter().collect()
     }
 }

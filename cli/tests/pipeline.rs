@@ -58,6 +58,7 @@ fn options(preprocess_workers: usize) -> PipelineOptions {
         preprocess_threads: 0,
         infer_threads: 0,
         quiet_period_s: 60.0,
+        device: "auto".into(),
     }
 }
 

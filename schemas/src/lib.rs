@@ -73,6 +73,9 @@ pub enum ReasonCode {
     ConflictingInstance,
     /// The object store or the broker did not respond; sending the input again may work.
     Unavailable,
+    /// A stage failed on this input in a way it does not expect (a panic, a libtorch
+    /// exception on this series alone); the service's log has the details.
+    InternalError,
 }
 
 impl ReasonCode {
@@ -104,6 +107,7 @@ impl ReasonCode {
         ReasonCode::MalformedEvent,
         ReasonCode::ConflictingInstance,
         ReasonCode::Unavailable,
+        ReasonCode::InternalError,
     ];
 
     /// Returns the stable code, as used in events, reports and metric labels.
@@ -135,6 +139,7 @@ impl ReasonCode {
             ReasonCode::MalformedEvent => "malformed_event",
             ReasonCode::ConflictingInstance => "conflicting_instance",
             ReasonCode::Unavailable => "unavailable",
+            ReasonCode::InternalError => "internal_error",
         }
     }
 }

@@ -104,3 +104,32 @@ pub fn unready_on_shutdown(ops: &Arc<Ops>, shutdown: &CancellationToken) {
         ops.set_ready(false);
     });
 }
+
+/// Runs a stage's consumer loop as a task. When the loop ends for any reason, panics
+/// included, `shutdown` is cancelled, so the whole service stops and exits with an error
+/// instead of answering health checks while it consumes nothing.
+pub fn spawn_worker<F>(service: &'static str, shutdown: CancellationToken, work: F) -> JoinHandle<anyhow::Result<()>>
+where
+    F: std::future::Future<Output = Result<(), crate::bus::BusError>> + Send + 'static,
+{
+    use futures::FutureExt;
+    tokio::spawn(async move {
+        let outcome = std::panic::AssertUnwindSafe(work).catch_unwind().await;
+        let stopped_by_request = shutdown.is_cancelled();
+        shutdown.cancel();
+        match outcome {
+            Ok(Ok(())) if stopped_by_request => Ok(()),
+            Ok(Ok(())) => Err(anyhow::anyhow!("the {service} consumer loop ended without a shutdown request")),
+            Ok(Err(error)) => Err(anyhow::anyhow!("the {service} consumer loop failed: {error}")),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                    .unwrap_or_default();
+                tracing::error!(service, "The consumer loop panicked: {message}; stopping the service.");
+                Err(anyhow::anyhow!("the {service} consumer loop panicked: {message}"))
+            }
+        }
+    })
+}

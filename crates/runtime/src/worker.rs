@@ -242,7 +242,11 @@ impl Worker {
         }
         let mut attempt = 0u32;
         while !pending.is_empty() {
-            let results = handler.handle_batch(&pending).await;
+            let mut results = handler.handle_batch(&pending).await;
+            if results.len() != pending.len() {
+                tracing::error!(service = self.service, events = pending.len(), results = results.len(), "The handler returned a result count that does not match; retrying the batch.");
+                results = (0..pending.len()).map(|_| Err(HandleError::Transient(anyhow::anyhow!("the handler lost track of an event")))).collect();
+            }
             let mut retry = Vec::new();
             let mut last_error = None;
             for (message, result) in pending.iter().zip(results) {

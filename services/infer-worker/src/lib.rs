@@ -21,7 +21,7 @@ use lungstream_infer::{infer_many, DeviceChoice, InferOptions, Model, NetworkCon
 use lungstream_preprocess::bundle::decode_bundle;
 use lungstream_preprocess::PreprocessedSeries;
 use lungstream_report::{build_report, ReportInputs, DEFAULT_WORST_SLICES};
-use lungstream_runtime::stage::{unready_on_shutdown, Stage, StageSettings};
+use lungstream_runtime::stage::{spawn_worker, unready_on_shutdown, Stage, StageSettings};
 use lungstream_runtime::store::keys;
 use lungstream_runtime::worker::{BatchHandler, BatchLimits};
 use lungstream_runtime::{HandleError, KafkaConfig, Message, Ops, Producer, Rejection, RetryConfig, Store, Worker};
@@ -31,6 +31,7 @@ use lungstream_schemas::ReasonCode;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Name of the service in logs, metrics and dead letters.
 pub const SERVICE: &str = "infer";
@@ -168,51 +169,122 @@ impl BatchHandler for InferHandler {
         if !loaded.is_empty() {
             let lobes: usize = loaded.iter().map(|(_, l)| l.series.lobes.len()).sum();
             let started = Instant::now();
-            let options = InferOptions { batch: self.config.batch };
-            let inferred = tokio::task::block_in_place(|| {
-                let model = self.model.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                let refs: Vec<&PreprocessedSeries> = loaded.iter().map(|(_, l)| &l.series).collect();
-                infer_many(&model, &refs, options, &mut |_| {})
-            });
+            let refs: Vec<&PreprocessedSeries> = loaded.iter().map(|(_, l)| &l.series).collect();
+            let mut inferred = self.infer(&refs).map(|all| all.into_iter().map(Ok).collect::<Vec<_>>());
+            if inferred.is_err() && loaded.len() > 1 {
+                // One series may be the cause: run each alone, so the others still finish.
+                tracing::warn!(series = loaded.len(), "The networks failed on a batch; running its series one at a time.");
+                inferred = Ok(refs.iter().map(|one| self.infer(std::slice::from_ref(one)).map(|mut r| r.remove(0))).collect());
+            }
             let elapsed_ms = started.elapsed().as_millis() as u64;
             tracing::info!(series = loaded.len(), lobes, ms = elapsed_ms, "Networks done.");
-            match inferred {
-                Err(error) => {
-                    for (i, _) in &loaded {
-                        results[*i] = Some(Err(HandleError::Transient(anyhow::anyhow!("libtorch failed: {error}"))));
-                    }
-                }
-                Ok(inferences) => {
-                    for ((i, one), inference) in loaded.iter().zip(inferences) {
+            let outcomes: Vec<Result<SeriesInference, Failure>> = match inferred {
+                Ok(each) => each,
+                Err(failure) => vec![Err(failure)],
+            };
+            for ((i, one), outcome) in loaded.iter().zip(outcomes) {
+                let span = lungstream_runtime::telemetry::message_span(SERVICE, messages[*i]);
+                let result = match outcome {
+                    Ok(inference) => {
                         // The batch's time is shared by the series in proportion to their lobes.
                         let share = elapsed_ms * one.series.lobes.len() as u64 / lobes.max(1) as u64;
-                        results[*i] = Some(self.finish(one, &inference, share).await);
+                        self.finish(one, &inference, share).instrument(span).await
                     }
-                }
+                    Err(Failure::Error(error)) => Err(HandleError::Transient(anyhow::anyhow!("libtorch failed: {error}"))),
+                    Err(Failure::Panic(message)) => {
+                        tracing::error!(series_uid = %one.event.series_uid, "The networks panicked on this series: {message}");
+                        let rejection = rejection(&one.event, ReasonCode::InternalError, "the networks failed unexpectedly on this series; the infer service log has the details".into());
+                        self.reject(&one.event, rejection).instrument(span).await
+                    }
+                };
+                results[*i] = Some(result);
             }
         }
         results.into_iter().map(|r| r.expect("every event has a result")).collect()
     }
 }
 
+/// Why the networks produced nothing.
+enum Failure {
+    /// libtorch returned an error (out of memory, a device error): worth retrying.
+    Error(tch::TchError),
+    /// Something panicked: it would fail the same way again.
+    Panic(String),
+}
+
 impl InferHandler {
+    /// Runs the networks over the lobes of `series`, turning a panic into a [`Failure`].
+    fn infer(&self, series: &[&PreprocessedSeries]) -> Result<Vec<SeriesInference>, Failure> {
+        let options = InferOptions { batch: self.config.batch };
+        tokio::task::block_in_place(|| {
+            let model = self.model.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| infer_many(&model, series, options, &mut |_| {}))) {
+                Ok(Ok(inferences)) => Ok(inferences),
+                Ok(Err(error)) => Err(Failure::Error(error)),
+                Err(panic) => Err(Failure::Panic(
+                    panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                        .unwrap_or_default(),
+                )),
+            }
+        })
+    }
+
+    /// Publishes a rejected result for the series, so its study's report shows why, and
+    /// returns the rejection for the dead-letter topic.
+    async fn reject(&self, event: &LobesEvent, rejection: HandleError) -> Result<(), HandleError> {
+        let HandleError::Permanent(r) = &rejection else { return Err(rejection) };
+        let result = ResultsEvent {
+            schema_version: EVENT_SCHEMA_VERSION.into(),
+            hospital: event.hospital.clone(),
+            study_uid: event.study_uid.clone(),
+            series_uid: event.series_uid.clone(),
+            patient_key: event.patient_key.clone(),
+            series_revision: event.series_revision,
+            outcome: SeriesOutcome::Rejected {
+                reason: r.reason.unwrap_or(ReasonCode::MalformedEvent),
+                detail: r.detail.clone(),
+            },
+        };
+        self.producer
+            .send_json(topics::RESULTS, &event.series_uid, &result)
+            .await
+            .map_err(|e| HandleError::Transient(e.into()))?;
+        Err(rejection)
+    }
+
     async fn load(&self, message: &Message) -> Result<Loaded, HandleError> {
         let event: LobesEvent = serde_json::from_slice(&message.payload)
             .map_err(|e| HandleError::Permanent(Rejection::new(ReasonCode::MalformedEvent, format!("not a lobes event: {e}"))))?;
+        match self.read_bundle(&event).await {
+            Ok(series) => Ok(Loaded { event, series }),
+            Err(error @ HandleError::Transient(_)) => Err(error),
+            Err(rejection) => Err(self.reject(&event, rejection).await.expect_err("a rejection is an error")),
+        }
+    }
+
+    async fn read_bundle(&self, event: &LobesEvent) -> Result<PreprocessedSeries, HandleError> {
         let bytes = match self.store.get_opt(&event.bundle_key).await {
             Ok(Some(bytes)) => bytes,
-            Ok(None) => return Err(rejection(&event, ReasonCode::MalformedEvent, format!("the lobe bundle {} is not in the object store", event.bundle_key))),
+            Ok(None) => {
+                return Err(rejection(
+                    event,
+                    ReasonCode::IncompleteSeries,
+                    format!("the lobe bundle {} is not in the object store (do preprocess and infer use the same store_url?)", event.bundle_key),
+                ))
+            }
             Err(e) => return Err(HandleError::Transient(e.into())),
         };
         let max = self.config.max_bundle_bytes;
-        let series = tokio::task::block_in_place(|| decode_bundle(&bytes, max)).map_err(|e| {
+        tokio::task::block_in_place(|| decode_bundle(&bytes, max)).map_err(|e| {
             let reason = match e {
                 lungstream_preprocess::bundle::BundleError::TooLarge { .. } => ReasonCode::TooLarge,
                 _ => ReasonCode::MalformedEvent,
             };
-            rejection(&event, reason, e.to_string())
-        })?;
-        Ok(Loaded { event, series })
+            rejection(event, reason, e.to_string())
+        })
     }
 
     /// Draws the overlays, writes the maps and overlays, and publishes the result.
@@ -374,7 +446,7 @@ pub async fn start(config: InferServiceConfig, shutdown: CancellationToken) -> a
     let token = shutdown.clone();
     let http_task = stage.http_task;
     let tasks: Vec<JoinHandle<anyhow::Result<()>>> = vec![
-        tokio::spawn(async move { worker.run_batched(consumer, &mut handler, limits, token).await.map_err(anyhow::Error::from) }),
+        spawn_worker(SERVICE, shutdown.clone(), async move { worker.run_batched(consumer, &mut handler, limits, token).await }),
         tokio::spawn(async move { http_task.await?.map_err(anyhow::Error::from) }),
     ];
     ops.set_ready(true);

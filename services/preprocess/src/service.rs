@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use futures::{StreamExt, TryStreamExt};
 use lungstream_dicom::ReaderConfig;
-use lungstream_runtime::stage::{unready_on_shutdown, Stage, StageSettings};
+use lungstream_runtime::stage::{spawn_worker, unready_on_shutdown, Stage, StageSettings};
 use lungstream_runtime::store::keys;
 use lungstream_runtime::{HandleError, Handler, KafkaConfig, Message, Ops, Producer, Rejection, RetryConfig, Store, Worker};
 use lungstream_schemas::events::{topics, LobesEvent, ResultsEvent, SeriesEvent, SeriesOutcome, EVENT_SCHEMA_VERSION};
@@ -135,25 +135,40 @@ impl PreprocessHandler {
         let paths = self.download(event, folder.path().to_path_buf()).await?;
         let pool = self.pool.clone();
         let read_started = Instant::now();
-        let computed = tokio::task::spawn_blocking(move || -> Result<(PreprocessedSeries, u64, u64, Vec<u8>), Rejection> {
+        let computed = tokio::task::spawn_blocking(move || -> Result<(PreprocessedSeries, u64, u64, Vec<u8>), Result<Rejection, String>> {
             let reader = ReaderConfig::default();
             pool.install(|| {
-                let (volume, inventory) = lungstream_dicom::read_volume(&paths, &reader).map_err(|e| Rejection::new(e.reason(), e.to_string()))?;
+                let (volume, inventory) = lungstream_dicom::read_volume(&paths, &reader).map_err(|e| match e {
+                    // The files are this service's temporary copies: a local disk problem.
+                    lungstream_dicom::ReadError::Io { .. } => Err(e.to_string()),
+                    _ => Ok(Rejection::new(e.reason(), e.to_string())),
+                })?;
                 if !inventory.skipped.is_empty() {
                     tracing::warn!(skipped = inventory.skipped.len(), "Some instances of the series were not used.");
                 }
                 let read_ms = read_started.elapsed().as_millis() as u64;
                 let clock = Instant::now();
-                let series = preprocess(&volume, &PreprocessConfig::default()).map_err(|e| Rejection::new(e.reason(), e.to_string()))?;
+                let series = preprocess(&volume, &PreprocessConfig::default()).map_err(|e| Ok(Rejection::new(e.reason(), e.to_string())))?;
                 let preprocess_ms = clock.elapsed().as_millis() as u64;
-                let bundle = encode_bundle(&series).map_err(|e| Rejection::new(ReasonCode::TooLarge, e.to_string()))?;
+                let bundle = encode_bundle(&series).map_err(|e| Ok(Rejection::new(ReasonCode::TooLarge, e.to_string())))?;
                 Ok((series, read_ms, preprocess_ms, bundle))
             })
         })
         .await
-        .map_err(|e| Stop::Transient(anyhow::anyhow!("the preprocessing task failed: {e}")))?;
+        .map_err(|e| {
+            if e.is_panic() {
+                // A bug met on this input: retrying would fail the same way for ever.
+                tracing::error!("The preprocessing panicked on this series: {e}");
+                Stop::Rejected(Rejection::new(ReasonCode::InternalError, "the preprocessing failed unexpectedly on this series; the service log has the details"))
+            } else {
+                Stop::Transient(anyhow::anyhow!("the preprocessing task was cancelled: {e}"))
+            }
+        })?;
         drop(folder);
-        let (series, read_ms, preprocess_ms, bundle) = computed.map_err(Stop::Rejected)?;
+        let (series, read_ms, preprocess_ms, bundle) = computed.map_err(|e| match e {
+            Ok(rejection) => Stop::Rejected(rejection),
+            Err(local) => Stop::Transient(anyhow::anyhow!("cannot read the temporary copies: {local}")),
+        })?;
         let bundle_key = keys::bundle_key(&event.hospital, &event.study_uid, &event.series_uid, event.revision, PREPROCESS_VERSION);
         let bundle_bytes = bundle.len() as u64;
         self.store.put(&bundle_key, bundle.into()).await.map_err(|e| Stop::Transient(e.into()))?;
@@ -302,7 +317,7 @@ pub async fn start(config: PreprocessServiceConfig, shutdown: CancellationToken)
     let token = shutdown.clone();
     let http_task = stage.http_task;
     let tasks: Vec<JoinHandle<anyhow::Result<()>>> = vec![
-        tokio::spawn(async move { worker.run(consumer, &mut handler, token).await.map_err(anyhow::Error::from) }),
+        spawn_worker(SERVICE, shutdown.clone(), async move { worker.run(consumer, &mut handler, token).await }),
         tokio::spawn(async move { http_task.await?.map_err(anyhow::Error::from) }),
     ];
     ops.set_ready(true);

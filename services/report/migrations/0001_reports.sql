@@ -27,7 +27,9 @@ CREATE TABLE series_results (
     -- The whole results event, series report and object keys included.
     result            jsonb NOT NULL,
     received_at       timestamptz NOT NULL DEFAULT now(),
-    UNIQUE (hospital, series_uid, series_revision, model_version)
+    -- The study is part of the key: a series UID seen under two studies (a PACS merge, an
+    -- anonymiser that rewrites study UIDs) is two results, one per study.
+    UNIQUE (hospital, study_uid, series_uid, series_revision, model_version)
 );
 
 CREATE INDEX series_results_study ON series_results (hospital, study_uid);

@@ -417,7 +417,7 @@ async fn overlay(
     };
     let result = state
         .database()?
-        .result(&hospital, &row.choice())
+        .result(&hospital, &study_uid, &row.choice())
         .await?
         .ok_or_else(not_listed)?;
     let event = result.event().map_err(|e| {

@@ -387,13 +387,15 @@ impl Database {
     pub async fn result(
         &self,
         hospital: &str,
+        study_uid: &str,
         choice: &Choice,
     ) -> Result<Option<SeriesResult>, sqlx::Error> {
         sqlx::query_as(&format!(
             "SELECT {RESULT_COLUMNS} FROM series_results \
-             WHERE hospital = $1 AND series_uid = $2 AND series_revision = $3 AND model_version = $4"
+             WHERE hospital = $1 AND study_uid = $2 AND series_uid = $3 AND series_revision = $4 AND model_version = $5"
         ))
         .bind(hospital)
+        .bind(study_uid)
         .bind(&choice.series_uid)
         .bind(choice.series_revision)
         .bind(&choice.model_version)
@@ -512,7 +514,7 @@ impl StudyLock {
             "INSERT INTO series_results (hospital, study_uid, series_uid, series_revision, model_version, status, reason, detail, \
                  decision, p_diseased, p_covid, infected_percent, infected_ml, slices_with_lungs, patient_key, result) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
-             ON CONFLICT (hospital, series_uid, series_revision, model_version) DO NOTHING",
+             ON CONFLICT (hospital, study_uid, series_uid, series_revision, model_version) DO NOTHING",
         )
         .bind(&event.hospital)
         .bind(&event.study_uid)

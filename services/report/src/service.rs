@@ -521,11 +521,8 @@ pub async fn start(config: ReportConfig, shutdown: CancellationToken) -> anyhow:
         metrics,
     };
     let token = shutdown.clone();
-    tasks.push(tokio::spawn(async move {
-        worker
-            .run(consumer, &mut handler, token)
-            .await
-            .map_err(anyhow::Error::from)
+    tasks.push(lungstream_runtime::stage::spawn_worker(SERVICE, shutdown.clone(), async move {
+        worker.run(consumer, &mut handler, token).await
     }));
 
     ops.set_ready(true);
