@@ -1,7 +1,7 @@
-//! `lungstream bench pipeline`: throughput of the distributed pipeline (every service in
-//! this process, talking through the real broker, object store and PostgreSQL) against
-//! embedded `analyze` on the same phantom series, in the same run; and with two
-//! preprocess workers against one.
+//! `lungstream bench pipeline`: throughput of the distributed pipeline against embedded
+//! `analyze` on the same phantom series, in the same run. The services run in this process
+//! and talk through the real broker, object store and PostgreSQL. A second pipeline run
+//! with two preprocess workers is compared with the first, which has one.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

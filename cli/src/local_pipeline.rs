@@ -14,7 +14,7 @@ use lungstream_runtime::tenants::Tenant;
 use lungstream_runtime::KafkaConfig;
 use tokio_util::sync::CancellationToken;
 
-/// Where the servers are, and the names this run uses on them.
+/// Addresses of the servers, and the names this run uses on them.
 #[derive(Clone, Debug)]
 pub struct Endpoints {
     pub kafka: KafkaConfig,
@@ -24,8 +24,8 @@ pub struct Endpoints {
 }
 
 impl Endpoints {
-    /// The servers of `scripts/services.sh` and the local PostgreSQL, with a topic prefix,
-    /// store folder and database no other run uses. `name` is put into them.
+    /// Returns the servers of `scripts/services.sh` and the local PostgreSQL, with a topic
+    /// prefix, store folder and database that contain `name` and that no other run uses.
     pub fn local(name: &str) -> Endpoints {
         let port = |variable: &str, default: u16| std::env::var(variable).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
         let unique = format!(

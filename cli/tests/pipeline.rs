@@ -62,8 +62,8 @@ fn options(preprocess_workers: usize) -> PipelineOptions {
     }
 }
 
-/// Reads `ct.reports.v1` until `done` holds for the latest report of each study, or
-/// `timeout`.
+/// Reads `ct.reports.v1` until `done` returns true for the latest report of each study,
+/// or until `timeout`.
 async fn reports_until(endpoints: &Endpoints, timeout: Duration, done: impl Fn(&[ReportEvent]) -> bool) -> Vec<ReportEvent> {
     let mut consumer = KafkaConsumer::join(&endpoints.kafka, "test-report-reader", &[topics::REPORTS]).unwrap();
     let deadline = Instant::now() + timeout;
@@ -82,7 +82,7 @@ async fn reports_until(endpoints: &Endpoints, timeout: Duration, done: impl Fn(&
     seen
 }
 
-/// Reads `topic` from the start until `done` holds or 60 s pass.
+/// Reads `topic` from the start until `done` returns true or 60 s pass.
 async fn read_topic(endpoints: &Endpoints, topic: &str, done: impl Fn(&[lungstream_runtime::Message]) -> bool) -> Vec<lungstream_runtime::Message> {
     let mut consumer = KafkaConsumer::join(&endpoints.kafka, "test-topic-reader", &[topic]).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);

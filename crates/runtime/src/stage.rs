@@ -15,7 +15,7 @@ use crate::ops::Ops;
 use crate::store::Store;
 use lungstream_schemas::events::topics;
 
-/// What a stage service connects to.
+/// Connection settings of a stage service.
 pub struct StageSettings<'a> {
     pub service: &'static str,
     pub kafka: &'a KafkaConfig,

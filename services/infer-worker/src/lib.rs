@@ -4,8 +4,8 @@
 //!
 //! It gathers lobes of several series into shared forward passes, so a GPU stays busy
 //! when series arrive one by one. For each series it builds the same report
-//! `lungstream analyze` writes (the report crate's `build_report`); the overlays need the
-//! worst slices' pixels, so it fetches only those instances from the store.
+//! `lungstream analyze` writes, with the report crate's `build_report`. The overlays need
+//! the worst slices' pixels, so it fetches only those instances from the store.
 //!
 //! It lives in a crate of its own because it needs both the networks (libtorch) and the
 //! report crate, which itself depends on the inference crate without libtorch.
@@ -204,7 +204,7 @@ impl BatchHandler for InferHandler {
     }
 }
 
-/// Why the networks produced nothing.
+/// Cause of a failed run of the networks.
 enum Failure {
     /// libtorch returned an error (out of memory, a device error): worth retrying.
     Error(tch::TchError),
@@ -344,7 +344,7 @@ impl InferHandler {
     }
 
     /// Fetches and decodes the instances of the worst slices. A missing instance leaves its
-    /// slice without an overlay (the report says so) instead of failing the series.
+    /// slice without an overlay (with a warning in the report) instead of failing the series.
     async fn worst_slice_pixels(&self, event: &LobesEvent, series: &PreprocessedSeries, worst: &[usize]) -> anyhow::Result<HashMap<usize, SliceImage>> {
         let folder = tempfile::tempdir()?;
         let mut files = Vec::new();

@@ -76,7 +76,10 @@ pub struct PreprocessHandler {
     pub pool: Arc<rayon::ThreadPool>,
 }
 
-/// Why a series stopped, before the outputs were written.
+/// The preprocessed series, the milliseconds of reading and preprocessing, and the bundle.
+type Computed = (PreprocessedSeries, u64, u64, Vec<u8>);
+
+/// Cause of a series stopping before its outputs were written.
 enum Stop {
     Rejected(Rejection),
     Transient(anyhow::Error),
@@ -98,7 +101,7 @@ impl Handler for PreprocessHandler {
             Err(Stop::Transient(error)) => Err(HandleError::Transient(error)),
             Err(Stop::Rejected(r)) => {
                 let r = rejection(r.reason.unwrap_or(ReasonCode::MalformedEvent), r.detail);
-                // The hospital sees the reason in its report; the dead letter keeps the event.
+                // The reason goes into the hospital's report, and the dead letter keeps the event.
                 let result = ResultsEvent {
                     schema_version: EVENT_SCHEMA_VERSION.into(),
                     hospital: event.hospital.clone(),
@@ -135,7 +138,7 @@ impl PreprocessHandler {
         let paths = self.download(event, folder.path().to_path_buf()).await?;
         let pool = self.pool.clone();
         let read_started = Instant::now();
-        let computed = tokio::task::spawn_blocking(move || -> Result<(PreprocessedSeries, u64, u64, Vec<u8>), Result<Rejection, String>> {
+        let computed = tokio::task::spawn_blocking(move || -> Result<Computed, Result<Rejection, String>> {
             let reader = ReaderConfig::default();
             pool.install(|| {
                 let (volume, inventory) = lungstream_dicom::read_volume(&paths, &reader).map_err(|e| match e {

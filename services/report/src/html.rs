@@ -123,7 +123,7 @@ pub fn render_html(rendered: &RenderedReport) -> String {
         );
     }
     out.push_str("</table></details>");
-    let _ = write!(out, "<p><small>{} · report schema {}</small></p></body></html>\n", escape(&r.generator), escape(&r.schema_version));
+    let _ = writeln!(out, "<p><small>{} · report schema {}</small></p></body></html>", escape(&r.generator), escape(&r.schema_version));
     out
 }
 

@@ -25,8 +25,8 @@ pub const DEFAULT_WORST_SLICES: usize = 4;
 
 /// Source of the Hounsfield units of the slices drawn as overlays.
 pub trait SlicePixels {
-    /// The slice with index `slice` in the volume (from the feet): its values, rows and
-    /// columns, in the canonical layout; `None` when it is not available.
+    /// Returns the values, rows and columns of slice `slice` (counted from the feet) in the
+    /// canonical layout, or `None` when the slice is not available.
     fn slice_hu(&self, slice: usize) -> Option<(&[i16], usize, usize)>;
 }
 
