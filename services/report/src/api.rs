@@ -13,6 +13,7 @@
 
 use std::sync::{Arc, OnceLock};
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -100,6 +101,7 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
         };
         let mut response = (status, Json(ErrorBody { error: message })).into_response();
+        response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -295,9 +297,10 @@ impl WorklistParams {
 async fn worklist(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
-    Query(params): Query<WorklistParams>,
+    params: Result<Query<WorklistParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let hospital = authenticate(&state.tenants, &headers)?;
+    let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let query = params.parse()?;
     let rows = state.database()?.worklist(&hospital, &query).await?;
     let studies: Vec<StudySummary> = rows.iter().map(StudySummary::from).collect();
@@ -455,9 +458,10 @@ struct AggregateParams {
 async fn aggregates(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
-    Query(params): Query<AggregateParams>,
+    params: Result<Query<AggregateParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let hospital = authenticate(&state.tenants, &headers)?;
+    let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let days = params.days.unwrap_or(30);
     if !(1..=MAX_AGGREGATE_DAYS).contains(&days) {
         return Err(ApiError::BadRequest(format!(

@@ -405,6 +405,7 @@ async fn worklist_sorts_and_filters() {
         "limit=0",
         "limit=501",
         "offset=-1",
+        "limit=abc",
     ] {
         let reply = get(
             &running,
@@ -413,6 +414,10 @@ async fn worklist_sorts_and_filters() {
         )
         .await;
         assert_eq!(reply.status, 400, "{bad}");
+        // Every error is JSON with the reason, including query strings that do not parse.
+        assert_eq!(reply.content_type, "application/json", "{bad}");
+        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{bad}");
     }
 
     shutdown.cancel();
