@@ -91,3 +91,27 @@ fn volume_with_scaled_crops() {
     let spec = PhantomSpec { slices: 6, slice_spacing_mm: 20.0, ..PhantomSpec::preset(Label::Healthy, 4).with_matrix(1024, 1024, 0.35) };
     check_right_side_infected(&spec, true);
 }
+
+#[test]
+fn shared_batches_match_single_series() {
+    use lungstream_infer::{infer_many, infer_series, InferOptions, Model, NetworkConfig};
+    let small = |label, seed| PhantomSpec { slices: 8, slice_spacing_mm: 15.0, ..PhantomSpec::preset(label, seed).with_matrix(128, 128, 2.8) };
+    let (a, _) = phantom(&small(Label::Covid, 21));
+    let (b, _) = phantom(&small(Label::Healthy, 22));
+    let model = Model::initialised(NetworkConfig::NARROW, 5).unwrap();
+    // A batch size that makes one forward pass hold lobes of both series.
+    let options = InferOptions { batch: 5 };
+    let together = infer_many(&model, &[&a, &b], options, &mut |_| {}).unwrap();
+    assert_eq!(together.len(), 2);
+    for (alone, shared) in [&a, &b].into_iter().zip(&together) {
+        let alone = infer_series(&model, alone, options, &mut |_| {}).unwrap();
+        assert_eq!(alone.lobes.len(), shared.lobes.len());
+        assert!((alone.p_diseased - shared.p_diseased).abs() < 1e-5, "{} vs {}", alone.p_diseased, shared.p_diseased);
+        assert!((alone.p_covid - shared.p_covid).abs() < 1e-5);
+        assert!((alone.infected_percent_total() - shared.infected_percent_total()).abs() < 1e-3);
+        for (x, y) in alone.lobes.iter().zip(&shared.lobes) {
+            assert_eq!((x.slice, x.side), (y.slice, y.side));
+            assert!((x.p_diseased - y.p_diseased).abs() < 1e-5);
+        }
+    }
+}
