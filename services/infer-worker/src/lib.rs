@@ -339,7 +339,14 @@ impl InferHandler {
             .send_json(topics::RESULTS, &event.series_uid, &result)
             .await
             .map_err(|e| transient(e.into()))?;
-        tracing::info!(decision = ?decision, "Series result published.");
+        tracing::info!(
+            hospital = %event.hospital,
+            study_uid = %event.study_uid,
+            series_uid = %event.series_uid,
+            revision = event.series_revision,
+            decision = ?decision,
+            "Series result published."
+        );
         Ok(())
     }
 

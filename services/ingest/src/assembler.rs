@@ -26,7 +26,7 @@ use lungstream_runtime::telemetry::{format_rfc3339, message_span, parse_rfc3339}
 use lungstream_runtime::worker::{publish_dead_letter, publish_dead_letter_with, Rejection};
 use lungstream_runtime::{Consumer, Message, Ops, Producer, RetryConfig, Store};
 use lungstream_schemas::events::{
-    check_schema_version, peek_schema_version, topics, CommitTrigger, InstanceBody, InstanceEvent, SeriesEvent, SeriesInstance, EVENT_SCHEMA_VERSION,
+    check_schema_version, peek_schema_version, topics, CommitTrigger, InstanceBody, InstanceEvent, ResultsEvent, SeriesEvent, SeriesInstance, SeriesOutcome, EVENT_SCHEMA_VERSION,
 };
 use lungstream_schemas::ReasonCode;
 use serde::{Deserialize, Serialize};
@@ -107,6 +107,9 @@ pub enum Decision {
         detail: String,
         /// The instances received, for the dead-letter event.
         summary: serde_json::Value,
+        /// Pseudonymous patient key and revision, for the rejected result.
+        patient_key: Option<String>,
+        revision: u32,
     },
 }
 
@@ -272,6 +275,8 @@ impl Assembly {
                 "instances_not_listed": sorted.len() - listed.len(),
                 "object_key_prefix": crate::intake::series_instances_prefix(&id.hospital, &id.study_uid, &id.series_uid),
             }),
+            patient_key: pending.patient_key.clone(),
+            revision: pending.revision,
         }
     }
 
@@ -602,7 +607,7 @@ impl Assembler {
                 working.records.insert(id.clone(), Some(event));
                 assembly.close(&id);
             }
-            Decision::GiveUp { id, reason, detail, summary } => {
+            Decision::GiveUp { id, reason, detail, summary, patient_key, revision } => {
                 let marker = format!("{}/given-up.json", id.record_prefix());
                 let summary_bytes = serde_json::to_vec(&summary)?;
                 let already = self.store.get_opt(&marker).await?.is_some_and(|b| b == summary_bytes);
@@ -617,6 +622,21 @@ impl Assembler {
                     // The marker first: a crash after it loses at most this dead letter's
                     // repeat, never sends two.
                     self.store.put(&marker, Bytes::from(summary_bytes)).await?;
+                    // A rejected result too, so the study appears in the hospital's
+                    // worklist with the reason instead of never appearing at all.
+                    let result = ResultsEvent {
+                        schema_version: EVENT_SCHEMA_VERSION.into(),
+                        hospital: id.hospital.clone(),
+                        study_uid: id.study_uid.clone(),
+                        series_uid: id.series_uid.clone(),
+                        patient_key,
+                        series_revision: revision,
+                        outcome: SeriesOutcome::Rejected {
+                            reason,
+                            detail: detail.clone(),
+                        },
+                    };
+                    self.producer.send_json(topics::RESULTS, &id.series_uid, &result).await?;
                     publish_dead_letter_with(&self.producer, SERVICE, &rejection, None, summary.clone()).await?;
                     self.count_dead_letter(reason);
                     tracing::warn!(hospital = %id.hospital, series = %id.series_uid, reason = reason.as_str(), "Series given up: {detail}");

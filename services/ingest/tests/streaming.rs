@@ -131,6 +131,16 @@ async fn half_series_expires_as_incomplete() {
     assert_eq!(dead[0].original["instance_count"], 67);
     assert!(dead[0].detail.contains("missing"), "{}", dead[0].detail);
     assert!(servers.read_for(topics::SERIES, Duration::from_secs(2)).await.is_empty());
+    // A rejected result, so the study reaches the hospital's worklist with the reason.
+    let results = servers.read_until(topics::RESULTS, Duration::from_secs(10), |m| !m.is_empty()).await;
+    assert_eq!(results.len(), 1);
+    let result: lungstream_schemas::events::ResultsEvent = serde_json::from_slice(&results[0].payload).unwrap();
+    assert_eq!(result.hospital, "north");
+    assert_eq!(result.series_uid, dead[0].series_uid.clone().unwrap());
+    match result.outcome {
+        lungstream_schemas::events::SeriesOutcome::Rejected { reason, .. } => assert_eq!(reason, ReasonCode::IncompleteSeries),
+        other => panic!("expected a rejected result, got {other:?}"),
+    }
     // The objects stay for inspection.
     assert_eq!(servers.store().list("instances/north").await.unwrap().len(), 67);
     shutdown.cancel();

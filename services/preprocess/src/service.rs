@@ -211,6 +211,10 @@ impl PreprocessHandler {
             .await
             .map_err(|e| Stop::Transient(e.into()))?;
         tracing::info!(
+            hospital = %event.hospital,
+            study_uid = %event.study_uid,
+            series_uid = %event.series_uid,
+            revision = event.revision,
             lobes = series.lobes.len(),
             slices = facts.slices,
             bundle_bytes,
