@@ -25,7 +25,7 @@ use crate::local_pipeline::{Endpoints, LocalPipeline, PipelineOptions};
 #[derive(Args)]
 pub struct PipelineBenchArgs {
     /// Number of phantom series (studies) in the batch.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 16)]
     series: usize,
     /// Image matrix of the phantoms (rows = columns).
     #[arg(long, default_value_t = 256)]
@@ -36,6 +36,14 @@ pub struct PipelineBenchArgs {
     /// Keep the phantoms here (written when missing) instead of a temporary folder.
     #[arg(long)]
     phantoms: Option<PathBuf>,
+    /// Object store of the pipeline runs: `s3` (the SeaweedFS server of
+    /// `scripts/services.sh`) or `file` (a local folder, as one node with a shared volume
+    /// would use).
+    #[arg(long, default_value = "s3", value_parser = ["s3", "file"])]
+    store: String,
+    /// Threads of each preprocess worker (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    preprocess_threads: usize,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -61,19 +69,21 @@ pub fn run(args: &PipelineBenchArgs) -> anyhow::Result<ExitCode> {
     let embedded = embedded_seconds(&series, temporary.path())?;
     eprintln!("bench: embedded analyze took {embedded:.2} s");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let one = runtime.block_on(pipeline_seconds(&series, 1))?;
+    let store = (args.store == "file").then(|| temporary.path().join("store"));
+    let one = runtime.block_on(pipeline_seconds(&series, 1, store.as_deref(), args.preprocess_threads))?;
     eprintln!("bench: pipeline with 1 preprocess worker took {one:.2} s");
-    let two = runtime.block_on(pipeline_seconds(&series, 2))?;
+    let two = runtime.block_on(pipeline_seconds(&series, 2, store.as_deref(), args.preprocess_threads))?;
     eprintln!("bench: pipeline with 2 preprocess workers took {two:.2} s");
 
     let n = series.len() as f64;
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     println!(
-        "Pipeline benchmark: {} phantom series of {} slices of {}x{} ({files} files), {cores} cores, untrained narrow networks on the CPU",
+        "Pipeline benchmark: {} phantom series of {} slices of {}x{} ({files} files), {cores} cores, untrained narrow networks on the CPU, object store: {}",
         series.len(),
         args.slices,
         args.matrix,
-        args.matrix
+        args.matrix,
+        args.store
     );
     println!();
     println!("| run | seconds | series/hour | throughput vs embedded |");
@@ -90,6 +100,8 @@ pub fn run(args: &PipelineBenchArgs) -> anyhow::Result<ExitCode> {
             "matrix": args.matrix,
             "files": files,
             "cores": cores,
+            "store": args.store,
+            "preprocess_threads": args.preprocess_threads,
             "embedded_s": embedded,
             "pipeline_one_worker_s": one,
             "pipeline_two_workers_s": two,
@@ -160,10 +172,16 @@ fn embedded_seconds(series: &[PathBuf], scratch: &Path) -> anyhow::Result<f64> {
     Ok(started.elapsed().as_secs_f64())
 }
 
-/// Starts the services with fresh topics, store folder and database, sends every series
-/// at once by STOW-RS, and returns the seconds from the first upload to the last report.
-async fn pipeline_seconds(series: &[PathBuf], preprocess_workers: usize) -> anyhow::Result<f64> {
-    let endpoints = Endpoints::local(&format!("bench-{preprocess_workers}"));
+/// Starts the services with fresh topics, store folder and database, sends the series one
+/// after another by STOW-RS, and returns the seconds from the first upload to the last
+/// report.
+async fn pipeline_seconds(series: &[PathBuf], preprocess_workers: usize, store: Option<&Path>, preprocess_threads: usize) -> anyhow::Result<f64> {
+    let mut endpoints = Endpoints::local(&format!("bench-{preprocess_workers}"));
+    if let Some(folder) = store {
+        let folder = folder.join(format!("run-{preprocess_workers}"));
+        std::fs::create_dir_all(&folder)?;
+        endpoints.store_url = format!("file://{}", folder.display());
+    }
     let options = PipelineOptions {
         tenants: vec![Tenant {
             hospital: "bench".into(),
@@ -172,7 +190,7 @@ async fn pipeline_seconds(series: &[PathBuf], preprocess_workers: usize) -> anyh
         }],
         patient_key_secret: "bench".into(),
         preprocess_workers,
-        preprocess_threads: 0,
+        preprocess_threads,
         infer_threads: 0,
         quiet_period_s: 60.0,
         // Embedded analyze runs on the CPU here, so the pipeline does too.
@@ -182,18 +200,19 @@ async fn pipeline_seconds(series: &[PathBuf], preprocess_workers: usize) -> anyh
     // The consumer joins before the first upload, so no report is missed.
     let mut consumer = KafkaConsumer::join(&endpoints.kafka, "bench-reader", &[topics::REPORTS])?;
     let started = Instant::now();
+    // The series arrive one after another, as from a scanner, while the earlier ones are
+    // already being processed.
     let url = format!("http://{}", pipeline.ingest_address);
-    let uploads = series.iter().map(|dir| {
-        let files = dicom_files(dir);
-        let options = UploadOptions::new(&url, TOKEN);
-        async move { upload(&files, &options, |_| {}).await }
-    });
-    for summary in futures::future::join_all(uploads).await {
-        let summary = summary?;
-        if !summary.rejected.is_empty() {
-            bail!("ingest rejected {} phantom files", summary.rejected.len());
+    let folders = series.to_vec();
+    let sender = tokio::spawn(async move {
+        for dir in folders {
+            let summary = upload(&dicom_files(&dir), &UploadOptions::new(&url, TOKEN), |_| {}).await?;
+            if !summary.rejected.is_empty() {
+                bail!("ingest rejected {} phantom files", summary.rejected.len());
+            }
         }
-    }
+        Ok(())
+    });
     let mut studies = std::collections::BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(1800);
     while studies.len() < series.len() {
@@ -209,6 +228,7 @@ async fn pipeline_seconds(series: &[PathBuf], preprocess_workers: usize) -> anyh
         }
     }
     let seconds = started.elapsed().as_secs_f64();
+    sender.await??;
     consumer.close();
     pipeline.stop().await?;
     Ok(seconds)
