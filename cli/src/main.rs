@@ -21,6 +21,7 @@ mod local_pipeline;
 mod model;
 mod phantom;
 mod serve;
+mod tail;
 mod train;
 
 #[derive(Parser)]
@@ -63,6 +64,9 @@ enum Command {
     /// Run one service of the distributed pipeline (ingest, assemble, preprocess, infer
     /// or report) against Kafka, the object store and, for report, PostgreSQL.
     Serve(serve::ServeArgs),
+    /// Print the events of a topic as JSON lines (a group of its own, nothing committed):
+    /// `lungstream tail reports --brokers HOST:PORT`.
+    Tail(tail::TailArgs),
 }
 
 fn main() -> ExitCode {
@@ -86,6 +90,7 @@ fn main() -> ExitCode {
         Command::Dataset(args) => dataset::run(&args),
         Command::Ingest(args) => ingest::run(&args),
         Command::Serve(args) => serve::run(&args),
+        Command::Tail(args) => tail::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -152,6 +152,16 @@ impl KafkaConsumer {
     ///
     /// [`BusError`] for invalid client properties or a failed subscription.
     pub fn join(config: &KafkaConfig, group: &str, topics: &[&str]) -> Result<Consumer, BusError> {
+        Self::join_at(config, group, topics, true)
+    }
+
+    /// As [`KafkaConsumer::join`]; a new group starts at the earliest event when
+    /// `from_earliest`, otherwise at the next event published.
+    ///
+    /// # Errors
+    ///
+    /// [`BusError`] for invalid client properties or a failed subscription.
+    pub fn join_at(config: &KafkaConfig, group: &str, topics: &[&str], from_earliest: bool) -> Result<Consumer, BusError> {
         let tracker = RebalanceTracker::default();
         let revoked = tracker.revoked.clone();
         // The topic prefix namespaces consumer groups too: two deployments (or tests) on
@@ -164,7 +174,7 @@ impl KafkaConsumer {
             .set("group.id", &group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
+            .set("auto.offset.reset", if from_earliest { "earliest" } else { "latest" })
             .set("session.timeout.ms", config.session_timeout_ms.to_string())
             .set("heartbeat.interval.ms", config.heartbeat_interval_ms.to_string())
             .set("max.poll.interval.ms", config.max_poll_interval_ms.to_string())
