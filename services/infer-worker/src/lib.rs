@@ -129,12 +129,64 @@ pub fn load_model(config: &InferServiceConfig) -> anyhow::Result<(Model, ModelSu
     Ok((model, summary))
 }
 
+/// The networks on a thread of their own. Every forward pass starts from that one thread,
+/// so libtorch keeps one pool of CPU threads (and one CUDA context) instead of one per
+/// runtime thread that happens to call it.
+pub struct Networks {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+/// Series to run through the networks, and where to send the outcome.
+struct Job {
+    series: Vec<Arc<PreprocessedSeries>>,
+    batch: usize,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<SeriesInference>, Failure>>,
+}
+
+impl Networks {
+    /// Moves the model onto a new thread that runs jobs one at a time.
+    ///
+    /// # Errors
+    ///
+    /// The thread cannot be started.
+    pub fn start(model: Model) -> std::io::Result<Networks> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new().name("networks".into()).spawn(move || {
+            for job in queue {
+                let refs: Vec<&PreprocessedSeries> = job.series.iter().map(AsRef::as_ref).collect();
+                let options = InferOptions { batch: job.batch };
+                let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| infer_many(&model, &refs, options, &mut |_| {}))) {
+                    Ok(Ok(inferences)) => Ok(inferences),
+                    Ok(Err(error)) => Err(Failure::Error(error)),
+                    Err(panic) => Err(Failure::Panic(
+                        panic
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                            .unwrap_or_default(),
+                    )),
+                };
+                // The handler may have stopped waiting (shutdown); nothing to do then.
+                let _ = job.reply.send(outcome);
+            }
+        })?;
+        Ok(Networks { jobs })
+    }
+
+    /// Runs the networks over the lobes of `series`, a panic becoming a [`Failure`].
+    async fn run(&self, series: Vec<Arc<PreprocessedSeries>>, batch: usize) -> Result<Vec<SeriesInference>, Failure> {
+        let (reply, outcome) = tokio::sync::oneshot::channel();
+        let stopped = || Failure::Panic("the networks thread has stopped".into());
+        self.jobs.send(Job { series, batch, reply }).map_err(|_| stopped())?;
+        outcome.await.map_err(|_| stopped())?
+    }
+}
+
 /// The handler of `ct.lobes.v1`.
 pub struct InferHandler {
     pub store: Store,
     pub producer: Producer,
-    /// Behind a mutex only so the handler is `Sync`; one batch runs at a time.
-    pub model: std::sync::Mutex<Model>,
+    pub networks: Networks,
     pub summary: ModelSummary,
     pub config: InferServiceConfig,
 }
@@ -142,7 +194,7 @@ pub struct InferHandler {
 /// A lobes event whose bundle has been read.
 struct Loaded {
     event: LobesEvent,
-    series: PreprocessedSeries,
+    series: Arc<PreprocessedSeries>,
 }
 
 fn rejection(event: &LobesEvent, reason: ReasonCode, detail: String) -> HandleError {
@@ -169,12 +221,16 @@ impl BatchHandler for InferHandler {
         if !loaded.is_empty() {
             let lobes: usize = loaded.iter().map(|(_, l)| l.series.lobes.len()).sum();
             let started = Instant::now();
-            let refs: Vec<&PreprocessedSeries> = loaded.iter().map(|(_, l)| &l.series).collect();
-            let mut inferred = self.infer(&refs).map(|all| all.into_iter().map(Ok).collect::<Vec<_>>());
+            let all: Vec<Arc<PreprocessedSeries>> = loaded.iter().map(|(_, l)| l.series.clone()).collect();
+            let mut inferred = self.networks.run(all.clone(), self.config.batch).await.map(|all| all.into_iter().map(Ok).collect::<Vec<_>>());
             if inferred.is_err() && loaded.len() > 1 {
                 // One series may be the cause: run each alone, so the others still finish.
                 tracing::warn!(series = loaded.len(), "The networks failed on a batch; running its series one at a time.");
-                inferred = Ok(refs.iter().map(|one| self.infer(std::slice::from_ref(one)).map(|mut r| r.remove(0))).collect());
+                let mut each = Vec::new();
+                for one in all {
+                    each.push(self.networks.run(vec![one], self.config.batch).await.map(|mut r| r.remove(0)));
+                }
+                inferred = Ok(each);
             }
             let elapsed_ms = started.elapsed().as_millis() as u64;
             tracing::info!(series = loaded.len(), lobes, ms = elapsed_ms, "Networks done.");
@@ -213,25 +269,6 @@ enum Failure {
 }
 
 impl InferHandler {
-    /// Runs the networks over the lobes of `series`, turning a panic into a [`Failure`].
-    fn infer(&self, series: &[&PreprocessedSeries]) -> Result<Vec<SeriesInference>, Failure> {
-        let options = InferOptions { batch: self.config.batch };
-        tokio::task::block_in_place(|| {
-            let model = self.model.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| infer_many(&model, series, options, &mut |_| {}))) {
-                Ok(Ok(inferences)) => Ok(inferences),
-                Ok(Err(error)) => Err(Failure::Error(error)),
-                Err(panic) => Err(Failure::Panic(
-                    panic
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
-                        .unwrap_or_default(),
-                )),
-            }
-        })
-    }
-
     /// Publishes a rejected result for the series, so its study's report shows why, and
     /// returns the rejection for the dead-letter topic.
     async fn reject(&self, event: &LobesEvent, rejection: HandleError) -> Result<(), HandleError> {
@@ -259,7 +296,7 @@ impl InferHandler {
         let event: LobesEvent = serde_json::from_slice(&message.payload)
             .map_err(|e| HandleError::Permanent(Rejection::new(ReasonCode::MalformedEvent, format!("not a lobes event: {e}"))))?;
         match self.read_bundle(&event).await {
-            Ok(series) => Ok(Loaded { event, series }),
+            Ok(series) => Ok(Loaded { event, series: Arc::new(series) }),
             Err(error @ HandleError::Transient(_)) => Err(error),
             Err(rejection) => Err(self.reject(&event, rejection).await.expect_err("a rejection is an error")),
         }
@@ -445,7 +482,7 @@ pub async fn start(config: InferServiceConfig, shutdown: CancellationToken) -> a
     let mut handler = InferHandler {
         store: stage.store,
         producer: stage.producer,
-        model: std::sync::Mutex::new(model),
+        networks: Networks::start(model)?,
         summary,
         config,
     };
