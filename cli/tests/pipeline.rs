@@ -223,6 +223,13 @@ async fn phantom_studies_from_two_hospitals() {
         let truth = write_series(&spec, &dir).unwrap();
         studies.push((*hospital, truth.study_uid.clone(), truth.series_uids.clone(), dir));
     }
+    // A poison event on each stage's input first: each goes to the dead-letter topic, and
+    // the stages go on with the studies.
+    let producer = lungstream_runtime::kafka::KafkaProducer::connect(&endpoints.kafka).unwrap();
+    for topic in [topics::SERIES, topics::LOBES, topics::RESULTS] {
+        producer.send(topic, "poison", br#"{"schema_version":"1.0","nonsense":true}"#, &[]).await.unwrap();
+    }
+
     // All six at once.
     let uploads = plan.iter().zip(&studies).map(|((_, token, _, _), (_, _, _, dir))| {
         let files = dicom_files(dir);
@@ -275,7 +282,8 @@ async fn phantom_studies_from_two_hospitals() {
     // The rejected series is also on the dead-letter topic, with the same reason.
     let rejected_series = studies[5].2[0].clone();
     let letters = read_topic(&endpoints, topics::DEAD_LETTER, |m| {
-        m.iter().any(|m| serde_json::from_slice::<DeadLetterEvent>(&m.payload).is_ok_and(|e| e.series_uid.as_deref() == Some(rejected_series.as_str())))
+        let events: Vec<DeadLetterEvent> = m.iter().filter_map(|m| serde_json::from_slice(&m.payload).ok()).collect();
+        events.iter().any(|e| e.series_uid.as_deref() == Some(rejected_series.as_str())) && events.iter().filter(|e| e.original["nonsense"] == true).count() >= 3
     })
     .await;
     let letter: DeadLetterEvent = letters
@@ -285,5 +293,17 @@ async fn phantom_studies_from_two_hospitals() {
         .expect("a dead letter for the rejected series");
     assert_eq!(letter.reason, lungstream_schemas::ReasonCode::MissingSlices);
     assert_eq!(letter.service, "preprocess");
+    let poisoned: Vec<String> = letters
+        .iter()
+        .filter_map(|m| serde_json::from_slice::<DeadLetterEvent>(&m.payload).ok())
+        .filter(|e| e.original["nonsense"] == true)
+        .map(|e| {
+            assert_eq!(e.reason, lungstream_schemas::ReasonCode::MalformedEvent);
+            e.service
+        })
+        .collect();
+    for service in ["preprocess", "infer", "report"] {
+        assert!(poisoned.iter().any(|s| s == service), "no dead letter from {service}: {poisoned:?}");
+    }
     pipeline.stop().await.unwrap();
 }
