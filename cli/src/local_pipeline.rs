@@ -93,6 +93,9 @@ pub struct LocalPipeline {
     /// The report API; the end-to-end tests read it.
     #[allow(dead_code)]
     pub report_address: SocketAddr,
+    /// Every service's HTTP address (`/metrics`, `/healthz`), for the tests.
+    #[allow(dead_code)]
+    pub http_addresses: Vec<SocketAddr>,
     shutdown: CancellationToken,
     ingest: lungstream_ingest::service::Running,
     preprocess: Vec<lungstream_preprocess::service::Running>,
@@ -184,6 +187,10 @@ impl LocalPipeline {
         Ok(LocalPipeline {
             ingest_address: ingest.http_address,
             report_address: report.http_address,
+            http_addresses: [ingest.http_address, infer.http_address, report.http_address]
+                .into_iter()
+                .chain(preprocess.iter().map(|p| p.http_address))
+                .collect(),
             shutdown,
             ingest,
             preprocess,

@@ -96,6 +96,24 @@ async fn read_topic(endpoints: &Endpoints, topic: &str, done: impl Fn(&[lungstre
     messages
 }
 
+/// Reads `topic` from the start until 3 s pass without an event after the first one (at
+/// most 60 s).
+async fn read_all(endpoints: &Endpoints, topic: &str) -> Vec<lungstream_runtime::Message> {
+    let group = format!("test-read-all-{}", topic.replace('.', "-"));
+    let mut consumer = KafkaConsumer::join(&endpoints.kafka, &group, &[topic]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut messages = Vec::new();
+    let mut last = Instant::now();
+    while Instant::now() < deadline && (messages.is_empty() || last.elapsed() < Duration::from_secs(3)) {
+        if let Ok(Ok(message)) = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await {
+            messages.push(message);
+            last = Instant::now();
+        }
+    }
+    consumer.close();
+    messages
+}
+
 async fn get(address: std::net::SocketAddr, path: &str, token: &str) -> (u16, Vec<u8>) {
     let response = reqwest::Client::new()
         .get(format!("http://{address}{path}"))
@@ -113,7 +131,8 @@ fn close(a: f64, b: f64) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_series_report_matches_analyze() {
-    lungstream_runtime::telemetry::init("pipeline-test");
+    // No log subscriber here: the other test of this binary installs the process's one,
+    // to search every log line for patient attributes.
     let endpoints = Endpoints::local("pipeline-real");
     endpoints.check().unwrap();
     let pipeline = LocalPipeline::start(&endpoints, &options(1)).await.unwrap();
@@ -191,7 +210,20 @@ async fn real_series_report_matches_analyze() {
 async fn phantom_studies_from_two_hospitals() {
     // Five analysable studies and one that preprocess rejects, from two hospitals at once.
     use lungstream_phantom::{write_series, Label, PhantomSpec};
-    lungstream_runtime::telemetry::init("pipeline-test");
+    // Every log line of every service goes into `logs` too, to be searched for patient
+    // attributes at the end.
+    let logs = LogBuffer::default();
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let capture = logs.clone();
+        let _ = tracing_subscriber::registry()
+            .with(tracing_subscriber::EnvFilter::new(
+                "info,lungstream_ingest=debug,lungstream_preprocess=debug,lungstream_infer_worker=debug,lungstream_report=debug,lungstream_runtime=debug,lungstream_dicom=debug",
+            ))
+            .with(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(move || capture.clone()))
+            .try_init();
+    }
     let endpoints = Endpoints::local("pipeline-phantoms");
     endpoints.check().unwrap();
     let pipeline = LocalPipeline::start(&endpoints, &options(2)).await.unwrap();
@@ -210,6 +242,8 @@ async fn phantom_studies_from_two_hospitals() {
         spec.slices = 40;
         spec.slice_spacing_mm = 5.0;
         spec.patient_name = format!("PIPELINE^PATIENT{i}");
+        spec.patient_id = format!("PIPELINE-PID-{i}");
+        spec.patient_birth_date = "19450817".into();
         // The first study has a second series (another kernel), so the study rule picks one.
         if i == 0 {
             spec.second_series_kernel = Some("LUNG".into());
@@ -305,5 +339,50 @@ async fn phantom_studies_from_two_hospitals() {
     for service in ["preprocess", "infer", "report"] {
         assert!(poisoned.iter().any(|s| s == service), "no dead letter from {service}: {poisoned:?}");
     }
+    // No patient name, ID or birth date on any topic, in any metric or in any log line.
+    let secrets = ["PIPELINE^PATIENT", "PIPELINE-PID", "19450817"];
+    for topic in topics::ALL {
+        let events = read_all(&endpoints, topic).await;
+        assert!(!events.is_empty(), "no events on {topic}");
+        for event in &events {
+            let text = String::from_utf8_lossy(&event.payload);
+            for secret in secrets {
+                assert!(!text.contains(secret), "{secret} on {topic}: {text}");
+            }
+        }
+    }
+    for address in &pipeline.http_addresses {
+        let metrics = reqwest::get(format!("http://{address}/metrics")).await.unwrap().text().await.unwrap();
+        assert!(metrics.contains("lungstream_"), "{address}: {metrics}");
+        for secret in secrets {
+            assert!(!metrics.contains(secret), "{secret} in the metrics of {address}");
+        }
+    }
     pipeline.stop().await.unwrap();
+    let logged = logs.text();
+    assert!(logged.contains("Published the study's report event"), "the log capture is empty");
+    for secret in secrets {
+        assert!(!logged.contains(secret), "{secret} in the logs");
+    }
+}
+
+/// Log output kept in memory.
+#[derive(Clone, Default)]
+struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogBuffer {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
