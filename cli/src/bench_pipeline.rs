@@ -114,7 +114,7 @@ pub fn run(args: &PipelineBenchArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Writes the phantom series (a mix of healthy, COVID-19 and other disease), one folder
-/// each, unless the folder already holds them.
+/// each, unless the folder already contains them.
 fn write_phantoms(folder: &Path, args: &PipelineBenchArgs) -> anyhow::Result<Vec<PathBuf>> {
     let labels = [Label::Healthy, Label::Covid, Label::Other];
     let mut series = Vec::new();

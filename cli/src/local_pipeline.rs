@@ -98,8 +98,8 @@ pub struct LocalPipeline {
     pub http_addresses: Vec<SocketAddr>,
     shutdown: CancellationToken,
     ingest: lungstream_ingest::service::Running,
-    preprocess: Vec<lungstream_preprocess::service::Running>,
-    infer: lungstream_infer_worker::Running,
+    preprocess: Vec<lungstream_runtime::stage::Running>,
+    infer: lungstream_runtime::stage::Running,
     report: lungstream_report::service::Running,
 }
 

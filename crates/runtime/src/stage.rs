@@ -42,7 +42,7 @@ pub struct Stage {
 impl Stage {
     /// Opens the store (and checks that it accepts writes), serves `/healthz`, `/readyz`
     /// and `/metrics` plus `routes` at once, then waits for the broker, creates the topics
-    /// and joins the consumer group. `/readyz` answers 503 until the caller sets the
+    /// and joins the consumer group. `/readyz` returns 503 until the caller sets the
     /// service ready.
     ///
     /// # Errors
@@ -107,7 +107,7 @@ pub fn unready_on_shutdown(ops: &Arc<Ops>, shutdown: &CancellationToken) {
 
 /// Runs a stage's consumer loop as a task. When the loop ends for any reason, panics
 /// included, `shutdown` is cancelled, so the whole service stops and exits with an error
-/// instead of answering health checks while it consumes nothing.
+/// instead of passing health checks while it consumes nothing.
 pub fn spawn_worker<F>(service: &'static str, shutdown: CancellationToken, work: F) -> JoinHandle<anyhow::Result<()>>
 where
     F: std::future::Future<Output = Result<(), crate::bus::BusError>> + Send + 'static,
@@ -122,14 +122,52 @@ where
             Ok(Ok(())) => Err(anyhow::anyhow!("the {service} consumer loop ended without a shutdown request")),
             Ok(Err(error)) => Err(anyhow::anyhow!("the {service} consumer loop failed: {error}")),
             Err(panic) => {
-                let message = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
-                    .unwrap_or_default();
+                let message = panic_message(panic.as_ref());
                 tracing::error!(service, "The consumer loop panicked: {message}; stopping the service.");
                 Err(anyhow::anyhow!("the {service} consumer loop panicked: {message}"))
             }
         }
     })
+}
+
+/// Returns the text of a caught panic's payload (empty when it is not text).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_string()))
+        .unwrap_or_default()
+}
+
+/// Waits for every task of a service and returns the first failure.
+///
+/// # Errors
+///
+/// The first task that failed or panicked.
+pub async fn wait_all(tasks: Vec<JoinHandle<anyhow::Result<()>>>) -> anyhow::Result<()> {
+    let mut first_error = None;
+    for task in tasks {
+        if let Err(e) = task.await.map_err(anyhow::Error::from).and_then(|r| r) {
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// A started stage service: its HTTP address, its operations state and its tasks.
+pub struct Running {
+    pub http_address: SocketAddr,
+    pub ops: Arc<Ops>,
+    pub tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Running {
+    /// Waits until the service has stopped (after the shutdown token is cancelled).
+    ///
+    /// # Errors
+    ///
+    /// The first part that failed.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        wait_all(self.tasks).await
+    }
 }

@@ -75,7 +75,7 @@ pub trait BatchHandler: Send {
 /// How [`Worker::run_batched`] gathers a batch.
 #[derive(Clone, Copy, Debug)]
 pub struct BatchLimits {
-    /// Most events in one batch.
+    /// Maximum number of events in one batch.
     pub max_events: usize,
     /// How long to wait for more events after the first one.
     pub linger: std::time::Duration,
@@ -102,28 +102,7 @@ impl Worker {
     ///
     /// Never for a single event's failure; only when the consumer itself cannot go on.
     pub async fn run<H: Handler>(&self, mut consumer: Consumer, handler: &mut H, shutdown: CancellationToken) -> Result<(), BusError> {
-        let mut receive_failures = 0u32;
-        loop {
-            let received = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
-                received = consumer.recv() => received,
-            };
-            let message = match received {
-                Ok(message) => {
-                    receive_failures = 0;
-                    message
-                }
-                Err(error) => {
-                    let delay = self.retry.delay(receive_failures);
-                    receive_failures += 1;
-                    tracing::warn!(service = self.service, "Cannot receive from the broker ({error}); retrying in {delay:?}.");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(delay) => continue,
-                    }
-                }
-            };
+        while let Some(message) = self.next_message(&mut consumer, &shutdown).await {
             let span = crate::telemetry::message_span(self.service, &message);
             let started = Instant::now();
             let outcome = self.process(&message, handler, &shutdown).instrument(span).await;
@@ -160,28 +139,7 @@ impl Worker {
     ///
     /// Never for a single event's failure; only when the consumer itself cannot go on.
     pub async fn run_batched<H: BatchHandler>(&self, mut consumer: Consumer, handler: &mut H, limits: BatchLimits, shutdown: CancellationToken) -> Result<(), BusError> {
-        let mut receive_failures = 0u32;
-        loop {
-            let received = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
-                received = consumer.recv() => received,
-            };
-            let first = match received {
-                Ok(message) => {
-                    receive_failures = 0;
-                    message
-                }
-                Err(error) => {
-                    let delay = self.retry.delay(receive_failures);
-                    receive_failures += 1;
-                    tracing::warn!(service = self.service, "Cannot receive from the broker ({error}); retrying in {delay:?}.");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(delay) => continue,
-                    }
-                }
-            };
+        while let Some(first) = self.next_message(&mut consumer, &shutdown).await {
             let mut batch = vec![first];
             let deadline = tokio::time::Instant::now() + limits.linger;
             while batch.len() < limits.max_events.max(1) {
@@ -226,6 +184,31 @@ impl Worker {
         tracing::info!(service = self.service, "Consumer loop stopped; leaving the group.");
         consumer.close();
         Ok(())
+    }
+
+    /// Waits for the next event, retrying broker errors with backoff. Returns `None` when
+    /// `shutdown` is cancelled first.
+    async fn next_message(&self, consumer: &mut Consumer, shutdown: &CancellationToken) -> Option<Message> {
+        let mut failures = 0u32;
+        loop {
+            let received = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return None,
+                received = consumer.recv() => received,
+            };
+            match received {
+                Ok(message) => return Some(message),
+                Err(error) => {
+                    let delay = self.retry.delay(failures);
+                    failures += 1;
+                    tracing::warn!(service = self.service, "Cannot receive from the broker ({error}); retrying in {delay:?}.");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return None,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
     }
 
     async fn process_batch<H: BatchHandler>(&self, batch: &[Message], handler: &mut H, shutdown: &CancellationToken) -> Outcome {
@@ -341,7 +324,8 @@ impl Worker {
     }
 }
 
-/// The rejection of an event that is not JSON with a `schema_version` this build reads.
+/// Returns the rejection of an event that is not JSON with a `schema_version` this build
+/// reads, or `None` for a readable one.
 fn version_problem(message: &Message) -> Option<Rejection> {
     match peek_schema_version(&message.payload) {
         None => Some(Rejection::new(ReasonCode::MalformedEvent, "the event is not JSON with a schema_version")),
@@ -549,7 +533,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn batched_loop_retries_only_failed_events_and_commits_the_batch() {
+    async fn batched_loop_retries_failed_events() {
         let bus = MemoryBus::new(1);
         let producer = bus.producer();
         for name in ["a", "poison", "flaky", "b", "c"] {

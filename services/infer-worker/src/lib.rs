@@ -21,7 +21,7 @@ use lungstream_infer::{infer_many, DeviceChoice, InferOptions, Model, NetworkCon
 use lungstream_preprocess::bundle::decode_bundle;
 use lungstream_preprocess::PreprocessedSeries;
 use lungstream_report::{build_report, ReportInputs, DEFAULT_WORST_SLICES};
-use lungstream_runtime::stage::{spawn_worker, unready_on_shutdown, Stage, StageSettings};
+use lungstream_runtime::stage::{spawn_worker, unready_on_shutdown, Running, Stage, StageSettings};
 use lungstream_runtime::store::keys;
 use lungstream_runtime::worker::{BatchHandler, BatchLimits};
 use lungstream_runtime::{HandleError, KafkaConfig, Message, Ops, Producer, Rejection, RetryConfig, Store, Worker};
@@ -158,13 +158,7 @@ impl Networks {
                 let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| infer_many(&model, &refs, options, &mut |_| {}))) {
                     Ok(Ok(inferences)) => Ok(inferences),
                     Ok(Err(error)) => Err(Failure::Error(error)),
-                    Err(panic) => Err(Failure::Panic(
-                        panic
-                            .downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
-                            .unwrap_or_default(),
-                    )),
+                    Err(panic) => Err(Failure::Panic(lungstream_runtime::stage::panic_message(panic.as_ref()))),
                 };
                 // The handler may have stopped waiting (shutdown); nothing to do then.
                 let _ = job.reply.send(outcome);
@@ -417,30 +411,6 @@ impl InferHandler {
                 .collect()
         });
         Ok(decoded)
-    }
-}
-
-/// A started service.
-pub struct Running {
-    pub http_address: SocketAddr,
-    pub ops: Arc<Ops>,
-    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Running {
-    /// Waits until the service has stopped (after the shutdown token is cancelled).
-    ///
-    /// # Errors
-    ///
-    /// The first part that failed.
-    pub async fn wait(self) -> anyhow::Result<()> {
-        let mut first_error = None;
-        for task in self.tasks {
-            if let Err(e) = task.await.map_err(anyhow::Error::from).and_then(|r| r) {
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use futures::{StreamExt, TryStreamExt};
 use lungstream_dicom::ReaderConfig;
-use lungstream_runtime::stage::{spawn_worker, unready_on_shutdown, Stage, StageSettings};
+use lungstream_runtime::stage::{spawn_worker, unready_on_shutdown, Running, Stage, StageSettings};
 use lungstream_runtime::store::keys;
 use lungstream_runtime::{HandleError, Handler, KafkaConfig, Message, Ops, Producer, Rejection, RetryConfig, Store, Worker};
 use lungstream_schemas::events::{topics, LobesEvent, ResultsEvent, SeriesEvent, SeriesOutcome, EVENT_SCHEMA_VERSION};
@@ -256,30 +256,6 @@ impl PreprocessHandler {
             .buffer_unordered(self.config.download_concurrency.max(1))
             .try_collect()
             .await
-    }
-}
-
-/// A started service.
-pub struct Running {
-    pub http_address: SocketAddr,
-    pub ops: Arc<Ops>,
-    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Running {
-    /// Waits until the service has stopped (after the shutdown token is cancelled).
-    ///
-    /// # Errors
-    ///
-    /// The first part that failed.
-    pub async fn wait(self) -> anyhow::Result<()> {
-        let mut first_error = None;
-        for task in self.tasks {
-            if let Err(e) = task.await.map_err(anyhow::Error::from).and_then(|r| r) {
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
     }
 }
 

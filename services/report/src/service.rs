@@ -417,14 +417,7 @@ impl Running {
     ///
     /// The first part that failed.
     pub async fn wait(self) -> anyhow::Result<()> {
-        let mut first_error = None;
-        for task in self.tasks {
-            let result = task.await.map_err(anyhow::Error::from).and_then(|r| r);
-            if let Err(e) = result {
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+        lungstream_runtime::stage::wait_all(self.tasks).await
     }
 }
 
