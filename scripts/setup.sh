@@ -39,6 +39,17 @@ if [[ "${1:-}" == "--torch-full" ]]; then
     shift
 fi
 
+# The browser tests of the report pages drive Debian's Chromium through ChromeDriver.
+if [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        echo "setup: installing chromium and chromium-driver for the browser tests" >&2
+        apt-get install -y -qq chromium chromium-driver >/dev/null \
+            || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; }
+    else
+        echo "setup: chromium and chromium-driver are missing; the browser tests of the report pages will fail (Debian: apt-get install chromium chromium-driver)" >&2
+    fi
+fi
+
 if [[ -f "$stamp" ]]; then
     exit 0
 fi

@@ -13,6 +13,8 @@
 
 use std::sync::{Arc, OnceLock};
 
+use bytes::Bytes;
+
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -25,6 +27,7 @@ use lungstream_schemas::events::SeriesOutcome;
 use lungstream_schemas::report::{PerSide, Probabilities};
 use serde::{Deserialize, Serialize};
 
+use crate::config::WebConfig;
 use crate::db::{
     parse_decision, Database, Sort, Status, StudyRow, WorklistQuery, MAX_AGGREGATE_DAYS,
 };
@@ -38,10 +41,12 @@ pub struct ApiState {
     pub database: OnceLock<Database>,
     pub store: Store,
     pub tenants: Tenants,
+    /// Settings of the browser pages.
+    pub web: WebConfig,
 }
 
 impl ApiState {
-    fn database(&self) -> Result<&Database, ApiError> {
+    pub(crate) fn database(&self) -> Result<&Database, ApiError> {
         self.database.get().ok_or_else(|| {
             ApiError::Unavailable("the database is not connected yet; try again shortly".into())
         })
@@ -88,9 +93,10 @@ struct ErrorBody {
     error: String,
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, message) = match self {
+impl ApiError {
+    /// The HTTP status and the message shown to the caller.
+    pub(crate) fn status_and_message(self) -> (StatusCode, String) {
+        match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             ApiError::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
@@ -99,7 +105,13 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
-        };
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message) = self.status_and_message();
         let mut response = (status, Json(ErrorBody { error: message })).into_response();
         response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if status == StatusCode::UNAUTHORIZED {
@@ -243,16 +255,16 @@ pub struct StudyDetail {
 }
 
 #[derive(Debug, Default, Deserialize)]
-struct WorklistParams {
-    sort: Option<String>,
-    decision: Option<String>,
-    status: Option<String>,
-    limit: Option<i64>,
-    offset: Option<i64>,
+pub(crate) struct WorklistParams {
+    pub sort: Option<String>,
+    pub decision: Option<String>,
+    pub status: Option<String>,
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
 }
 
 impl WorklistParams {
-    fn parse(self) -> Result<WorklistQuery, ApiError> {
+    pub(crate) fn parse(self) -> Result<WorklistQuery, ApiError> {
         let sort = match self.sort.as_deref() {
             None | Some("severity") => Sort::Severity,
             Some("time") => Sort::Time,
@@ -309,7 +321,7 @@ async fn worklist(
 
 /// Returns the caller's study: 404 when no hospital has one of this UID, 403 when only
 /// other hospitals do.
-async fn find_study(
+pub(crate) async fn find_study(
     state: &ApiState,
     hospital: &str,
     study_uid: &str,
@@ -333,7 +345,17 @@ async fn study(
     Path(study_uid): Path<String>,
 ) -> Result<Response, ApiError> {
     let hospital = authenticate(&state.tenants, &headers)?;
-    let row = find_study(&state, &hospital, &study_uid).await?;
+    let detail = study_detail(&state, &hospital, &study_uid).await?;
+    Ok(private(Json(detail).into_response()))
+}
+
+/// Loads the caller's study with its report and every result received for it.
+pub(crate) async fn study_detail(
+    state: &ApiState,
+    hospital: &str,
+    study_uid: &str,
+) -> Result<StudyDetail, ApiError> {
+    let row = find_study(state, hospital, study_uid).await?;
     let report = match &row.report_key {
         Some(key) => match state.store.get_opt(key).await? {
             Some(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| {
@@ -349,7 +371,7 @@ async fn study(
         },
         None => None,
     };
-    let results = state.database()?.results(&hospital, &study_uid).await?;
+    let results = state.database()?.results(hospital, study_uid).await?;
     let series = results
         .iter()
         .map(|r| SeriesEntry {
@@ -364,12 +386,11 @@ async fn study(
             received_at: lungstream_runtime::telemetry::format_rfc3339(r.received_at),
         })
         .collect();
-    let detail = StudyDetail {
+    Ok(StudyDetail {
         study: StudySummary::from(&row),
         report,
         series,
-    };
-    Ok(private(Json(detail).into_response()))
+    })
 }
 
 /// Returns the report key of an analysed study, or 404 naming the rejection.
@@ -389,20 +410,29 @@ async fn report_html(
     Path(study_uid): Path<String>,
 ) -> Result<Response, ApiError> {
     let hospital = authenticate(&state.tenants, &headers)?;
-    let row = find_study(&state, &hospital, &study_uid).await?;
+    let html = stored_report_html(&state, &hospital, &study_uid).await?;
+    Ok(private(
+        ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response(),
+    ))
+}
+
+/// Loads the self-contained `report.html` of the caller's study.
+pub(crate) async fn stored_report_html(
+    state: &ApiState,
+    hospital: &str,
+    study_uid: &str,
+) -> Result<Bytes, ApiError> {
+    let row = find_study(state, hospital, study_uid).await?;
     let json_key = report_key(&row)?;
     let html_key = format!(
         "{}report.html",
         json_key.strip_suffix("report.json").unwrap_or(json_key)
     );
-    let html = state.store.get_opt(&html_key).await?.ok_or_else(|| {
+    state.store.get_opt(&html_key).await?.ok_or_else(|| {
         ApiError::NotFound(format!(
             "the report page of study {study_uid} is not in the store"
         ))
-    })?;
-    Ok(private(
-        ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response(),
-    ))
+    })
 }
 
 async fn overlay(
@@ -411,7 +441,20 @@ async fn overlay(
     Path((study_uid, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let hospital = authenticate(&state.tenants, &headers)?;
-    let row = find_study(&state, &hospital, &study_uid).await?;
+    let png = overlay_png(&state, &hospital, &study_uid, &name).await?;
+    Ok(private(
+        ([(header::CONTENT_TYPE, "image/png")], png).into_response(),
+    ))
+}
+
+/// Loads one overlay PNG listed in the report of the caller's study.
+pub(crate) async fn overlay_png(
+    state: &ApiState,
+    hospital: &str,
+    study_uid: &str,
+    name: &str,
+) -> Result<Bytes, ApiError> {
+    let row = find_study(state, hospital, study_uid).await?;
     report_key(&row)?;
     let not_listed = || {
         ApiError::NotFound(format!(
@@ -420,7 +463,7 @@ async fn overlay(
     };
     let result = state
         .database()?
-        .result(&hospital, &study_uid, &row.choice())
+        .result(hospital, study_uid, &row.choice())
         .await?
         .ok_or_else(not_listed)?;
     let event = result.event().map_err(|e| {
@@ -440,19 +483,28 @@ async fn overlay(
         .iter()
         .find(|(slice, _)| slice.overlay == name)
         .ok_or_else(not_listed)?;
-    let png = state.store.get_opt(key).await?.ok_or_else(|| {
+    state.store.get_opt(key).await?.ok_or_else(|| {
         ApiError::NotFound(format!(
             "overlay {name:?} of study {study_uid} is not in the store"
         ))
-    })?;
-    Ok(private(
-        ([(header::CONTENT_TYPE, "image/png")], png).into_response(),
-    ))
+    })
 }
 
 #[derive(Debug, Default, Deserialize)]
-struct AggregateParams {
-    days: Option<i32>,
+pub(crate) struct AggregateParams {
+    pub days: Option<i32>,
+}
+
+/// Returns the window of the aggregates: 30 days unless `days` asks for 1 to
+/// [`MAX_AGGREGATE_DAYS`].
+pub(crate) fn check_days(days: Option<i32>) -> Result<i32, ApiError> {
+    let days = days.unwrap_or(30);
+    if !(1..=MAX_AGGREGATE_DAYS).contains(&days) {
+        return Err(ApiError::BadRequest(format!(
+            "days {days} is out of range: expected 1 to {MAX_AGGREGATE_DAYS}"
+        )));
+    }
+    Ok(days)
 }
 
 async fn aggregates(
@@ -462,12 +514,7 @@ async fn aggregates(
 ) -> Result<Response, ApiError> {
     let hospital = authenticate(&state.tenants, &headers)?;
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let days = params.days.unwrap_or(30);
-    if !(1..=MAX_AGGREGATE_DAYS).contains(&days) {
-        return Err(ApiError::BadRequest(format!(
-            "days {days} is out of range: expected 1 to {MAX_AGGREGATE_DAYS}"
-        )));
-    }
+    let days = check_days(params.days)?;
     let aggregates = state.database()?.aggregates(&hospital, days).await?;
     Ok(private(Json(aggregates).into_response()))
 }

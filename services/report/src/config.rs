@@ -33,6 +33,31 @@ pub struct ReportConfig {
     /// Consumer group of the report workers on `ct.results.v1`. `kafka.group_id`
     /// overrides it, and the topic prefix is put before it.
     pub group_id: String,
+    /// The web pages for browsers (worklist, study, dashboard).
+    pub web: WebConfig,
+}
+
+/// Settings of the web pages. A reader logs in with the bearer token of their hospital
+/// and gets a session cookie; sessions live in the database, so every replica of the
+/// service accepts them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebConfig {
+    /// Minutes a session lasts after login.
+    pub session_minutes: i64,
+    /// Marks the session cookie `Secure`, so browsers send it only over HTTPS (and to
+    /// http://localhost or 127.0.0.1, which browsers treat as secure). Set it to false
+    /// only to serve the pages over plain HTTP on another address, on a trusted network.
+    pub secure_cookie: bool,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            session_minutes: 12 * 60,
+            secure_cookie: true,
+        }
+    }
 }
 
 impl Default for ReportConfig {
@@ -47,6 +72,7 @@ impl Default for ReportConfig {
             tenants: Vec::new(),
             retry: RetryConfig::default(),
             group_id: "lungstream-report".into(),
+            web: WebConfig::default(),
         }
     }
 }

@@ -488,6 +488,97 @@ impl Database {
     }
 }
 
+/// Background (outside air) median HU of a hospital's recent analysed series: the
+/// batch-effect statistic of preprocessing, to compare one scan with its scanners' usual
+/// value.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackgroundStats {
+    pub series: i64,
+    pub median_hu: Option<f64>,
+    pub p10_hu: Option<f64>,
+    pub p90_hu: Option<f64>,
+}
+
+impl Database {
+    /// Stores a browser session of `hospital` under the SHA-256 of its cookie value, valid
+    /// for `ttl_minutes`, and deletes sessions that have expired.
+    ///
+    /// # Errors
+    ///
+    /// The database does not respond.
+    pub async fn create_session(
+        &self,
+        token_hash: &[u8],
+        hospital: &str,
+        ttl_minutes: i64,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM web_sessions WHERE expires_at < now()")
+            .execute(&self.pool)
+            .await?;
+        sqlx::query(
+            "INSERT INTO web_sessions (token_hash, hospital, expires_at) \
+             VALUES ($1, $2, now() + make_interval(mins => $3::int))",
+        )
+        .bind(token_hash)
+        .bind(hospital)
+        .bind(ttl_minutes.clamp(1, i64::from(i32::MAX)) as i32)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Returns the hospital of an unexpired session.
+    ///
+    /// # Errors
+    ///
+    /// The database does not respond.
+    pub async fn session_hospital(&self, token_hash: &[u8]) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT hospital FROM web_sessions WHERE token_hash = $1 AND expires_at > now()")
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    /// Ends a session.
+    ///
+    /// # Errors
+    ///
+    /// The database does not respond.
+    pub async fn delete_session(&self, token_hash: &[u8]) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM web_sessions WHERE token_hash = $1")
+            .bind(token_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Median and 10th and 90th percentiles of the background median HU of the
+    /// hospital's analysed series received in the last `days` days.
+    ///
+    /// # Errors
+    ///
+    /// The database does not respond.
+    pub async fn background_stats(&self, hospital: &str, days: i32) -> Result<BackgroundStats, sqlx::Error> {
+        let (series, median_hu, p10_hu, p90_hu): (i64, Option<f64>, Option<f64>, Option<f64>) = sqlx::query_as(
+            "WITH b AS ( \
+                 SELECT (result->'report'->'series'->>'background_median_hu')::double precision AS hu \
+                 FROM series_results \
+                 WHERE hospital = $1 AND status = 'analysed' AND received_at > now() - make_interval(days => $2::int) \
+             ) \
+             SELECT count(hu), \
+                    percentile_cont(0.5) WITHIN GROUP (ORDER BY hu), \
+                    percentile_cont(0.1) WITHIN GROUP (ORDER BY hu), \
+                    percentile_cont(0.9) WITHIN GROUP (ORDER BY hu) \
+             FROM b WHERE hu IS NOT NULL",
+        )
+        .bind(hospital)
+        .bind(days.clamp(1, MAX_AGGREGATE_DAYS))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(BackgroundStats { series, median_hu, p10_hu, p90_hu })
+    }
+}
+
 /// A transaction holding one study's lock (see [`Database::lock_study`]). Dropping it
 /// without [`StudyLock::commit`] rolls everything back.
 pub struct StudyLock {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod db;
 pub mod html;
 pub mod overlay;
+pub mod pages;
 pub mod service;
 
 use std::path::Path;

@@ -465,8 +465,12 @@ pub async fn start(config: ReportConfig, shutdown: CancellationToken) -> anyhow:
         database: OnceLock::new(),
         store: store.clone(),
         tenants,
+        web: config.web.clone(),
     });
-    let router = ops.router().merge(api::router(state.clone()));
+    let router = ops
+        .router()
+        .merge(api::router(state.clone()))
+        .merge(crate::pages::router(state.clone()));
     let (http_address, http_task) =
         lungstream_runtime::ops::serve(config.http_listen, router, shutdown.clone()).await?;
     let mut tasks: Vec<JoinHandle<anyhow::Result<()>>> = vec![tokio::spawn(async move {
