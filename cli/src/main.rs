@@ -71,11 +71,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match &cli.command {
-        // Services log as their own binaries do, with trace context for Kafka headers.
-        Command::Serve(args) => lungstream_runtime::telemetry::init(serve::service_name(args)),
-        _ => init_logging(),
-    }
+    // Services log as their own binaries do, with trace context for Kafka headers, and
+    // export their spans by OTLP when asked to. The guard lives until the service stops.
+    let _telemetry = match &cli.command {
+        Command::Serve(args) => Some(lungstream_runtime::telemetry::init(serve::service_name(args))),
+        _ => {
+            init_logging();
+            None
+        }
+    };
     // The reader catches codec panics on corrupt pixel data and reports them as
     // `decode_failed`. Each panic is logged as one line instead of a backtrace.
     std::panic::set_hook(Box::new(|info| tracing::error!("Internal error: {info}")));

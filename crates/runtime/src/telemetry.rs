@@ -15,12 +15,81 @@ use tracing_subscriber::EnvFilter;
 
 use crate::bus::Message;
 
-/// Installs the log and trace subscriber for `service`. Does nothing when a subscriber is
-/// already installed (tests).
-pub fn init(service: &'static str) {
-    let provider = SdkTracerProvider::builder().build();
+/// Keeps the trace exporter of a service running. Dropping it exports the spans still
+/// queued, so keep it until the service has stopped.
+#[must_use = "dropping the guard stops the trace export"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            if let Err(e) = provider.shutdown() {
+                eprintln!("Exporting the last spans failed: {e}");
+            }
+        }
+    }
+}
+
+/// Returns the value of the first of `names` that is set and not empty.
+fn env_value(names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+}
+
+/// Builds the OTLP span exporter that the standard `OTEL_EXPORTER_OTLP_*` variables ask
+/// for, or returns why there is none. Without an endpoint nothing is exported.
+fn otlp_exporter() -> Result<Option<opentelemetry_otlp::SpanExporter>, String> {
+    use opentelemetry_otlp::{Protocol, WithExportConfig};
+
+    let disabled = env_value(&["OTEL_SDK_DISABLED"]).is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        || env_value(&["OTEL_TRACES_EXPORTER"]).is_some_and(|v| v.eq_ignore_ascii_case("none"));
+    let endpoint = env_value(&["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"]);
+    if disabled || endpoint.is_none() {
+        return Ok(None);
+    }
+    let protocol = match env_value(&["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"]).as_deref() {
+        None | Some("http/protobuf") => Protocol::HttpBinary,
+        Some("http/json") => Protocol::HttpJson,
+        Some(other) => {
+            return Err(format!(
+                "OTLP protocol {other:?} is not supported: set OTEL_EXPORTER_OTLP_PROTOCOL to http/protobuf or http/json and the endpoint to the collector's HTTP port (usually 4318)"
+            ))
+        }
+    };
+    // The endpoint and headers come from the same variables, read by the exporter.
+    opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(protocol)
+        .build()
+        .map(Some)
+        .map_err(|e| format!("cannot build the OTLP exporter: {e}"))
+}
+
+/// Installs the log and trace subscriber for `service`. Spans are exported by OTLP over
+/// HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is
+/// set, with `service.name` = `service`; otherwise they only carry the trace context
+/// between services. Does nothing when a subscriber is already installed (tests).
+pub fn init(service: &'static str) -> Telemetry {
+    let exporter = otlp_exporter();
+    let mut builder = SdkTracerProvider::builder().with_resource(
+        opentelemetry_sdk::Resource::builder()
+            .with_service_name(service)
+            .build(),
+    );
+    let (exporting, failure) = match exporter {
+        Ok(Some(exporter)) => {
+            builder = builder.with_batch_exporter(exporter);
+            (true, None)
+        }
+        Ok(None) => (false, None),
+        Err(reason) => (false, Some(reason)),
+    };
+    let provider = builder.build();
     let tracer = provider.tracer(service);
-    opentelemetry::global::set_tracer_provider(provider);
+    opentelemetry::global::set_tracer_provider(provider.clone());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::registry()
         .with(filter)
@@ -31,6 +100,18 @@ pub fn init(service: &'static str) {
         )
         .with(tracing_opentelemetry::layer().with_tracer(tracer))
         .try_init();
+    if exporting {
+        tracing::info!(
+            endpoint = env_value(&["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"]).unwrap_or_default(),
+            "Exporting traces by OTLP."
+        );
+    }
+    if let Some(reason) = failure {
+        tracing::warn!("Traces are not exported: {reason}");
+    }
+    Telemetry {
+        provider: Some(provider),
+    }
 }
 
 /// Returns the trace context of the current span as Kafka headers (`traceparent`, and

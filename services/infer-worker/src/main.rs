@@ -17,7 +17,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    lungstream_runtime::telemetry::init("lungstream-infer");
+    let _telemetry = lungstream_runtime::telemetry::init("lungstream-infer");
     let config: InferServiceConfig = lungstream_runtime::config::load(args.config.as_deref())?;
     let shutdown = lungstream_runtime::ops::shutdown_on_signals();
     lungstream_infer_worker::start(config, shutdown).await?.wait().await

@@ -31,7 +31,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    lungstream_runtime::telemetry::init("lungstream-ingest");
+    let _telemetry = lungstream_runtime::telemetry::init("lungstream-ingest");
     let config: IngestConfig = lungstream_runtime::config::load(args.config.as_deref())?;
     let roles = match args.role {
         Role::All => Roles::ALL,

@@ -23,7 +23,7 @@ fn options(address: std::net::SocketAddr) -> UploadOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stow_upload_twice_gives_one_series() {
-    lungstream_runtime::telemetry::init("ingest-test");
+    let _telemetry = lungstream_runtime::telemetry::init("ingest-test");
     let servers = Servers::new("stow");
     let shutdown = CancellationToken::new();
     let running = service::start(servers.config(3.0, 600.0), Roles::ALL, shutdown.clone()).await.unwrap();

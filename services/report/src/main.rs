@@ -19,7 +19,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    lungstream_runtime::telemetry::init("lungstream-report");
+    let _telemetry = lungstream_runtime::telemetry::init("lungstream-report");
     let config: ReportConfig = lungstream_runtime::config::load(args.config.as_deref())?;
     let shutdown = lungstream_runtime::ops::shutdown_on_signals();
     let running = service::start(config, shutdown).await?;
