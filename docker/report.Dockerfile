@@ -1,0 +1,36 @@
+# syntax=docker/dockerfile:1
+# lungstream-report: results to PostgreSQL, study reports, the HTTP API and web pages.
+#
+#   docker build -f docker/report.Dockerfile -t lungstream/report:0.1.0 .
+#
+# Run from the repository root; .dockerignore keeps target/ and .cache/ out of the context.
+# The binary does not link libtorch.
+ARG RUST_IMAGE=rust:1.95-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
+
+FROM ${RUST_IMAGE} AS build
+# CMake builds CharLS (JPEG-LS); scripts/setup.sh installs the same version from PyPI.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3-venv \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv /opt/tools \
+    && /opt/tools/bin/pip install --no-cache-dir cmake==4.4.5
+ENV PATH=/opt/tools/bin:$PATH CARGO_TERM_PROGRESS_WHEN=never
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target,id=lungstream-target-report \
+    cargo build --release --locked -p lungstream-report \
+    && install -m 0755 target/release/lungstream-report /usr/local/bin/
+
+FROM ${RUNTIME_IMAGE}
+# ca-certificates: S3 over HTTPS verifies against the system's CA store.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --gid 10001 lungstream \
+    && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin lungstream
+COPY --from=build /usr/local/bin/lungstream-report /usr/local/bin/
+USER 10001:10001
+EXPOSE 8080
+ENTRYPOINT ["lungstream-report"]
