@@ -115,6 +115,9 @@ pub struct KafkaConfig {
     pub max_poll_interval_ms: u32,
     /// How long a produced message may wait for the broker's acknowledgement, ms.
     pub delivery_timeout_ms: u32,
+    /// How often each consumer updates `lungstream_kafka_consumer_lag` from librdkafka's
+    /// statistics, ms; 0 turns the statistics off.
+    pub statistics_interval_ms: u32,
     /// Further librdkafka properties, passed through unchanged: `security.protocol`,
     /// `sasl.mechanism`, `sasl.username`, `sasl.password`, `ssl.ca.location`, …
     pub properties: BTreeMap<String, String>,
@@ -132,6 +135,7 @@ impl Default for KafkaConfig {
             heartbeat_interval_ms: 1_000,
             max_poll_interval_ms: 600_000,
             delivery_timeout_ms: 30_000,
+            statistics_interval_ms: 15_000,
             properties: BTreeMap::new(),
         }
     }

@@ -2,8 +2,13 @@
 //! for every acknowledgement, a consumer with manual commits that reports revoked
 //! partitions, and topic creation at start.
 
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -12,6 +17,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
@@ -110,13 +116,59 @@ impl KafkaProducer {
     }
 }
 
-/// Records the partitions a rebalance takes away.
+/// Labels of `lungstream_kafka_consumer_lag`: the consumer group and topic as the broker
+/// names them (topic prefix included), and the partition.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LagLabels {
+    pub group: String,
+    pub topic: String,
+    pub partition: String,
+}
+
+/// Events not yet committed by this process's consumers, per group and partition: the
+/// broker's high watermark minus the committed offset, from librdkafka's statistics.
+/// Partitions without a committed offset yet are left out.
+pub fn consumer_lag() -> &'static Family<LagLabels, Gauge> {
+    static LAG: OnceLock<Family<LagLabels, Gauge>> = OnceLock::new();
+    LAG.get_or_init(Family::default)
+}
+
+/// Records the partitions a rebalance takes away, and the consumer lag of each
+/// statistics report.
 #[derive(Default)]
 pub struct RebalanceTracker {
     revoked: Arc<Mutex<Vec<(String, i32)>>>,
+    group: String,
+    /// Lag series this consumer has set, so that partitions it no longer owns are
+    /// removed.
+    lag_series: Mutex<HashSet<LagLabels>>,
 }
 
-impl ClientContext for RebalanceTracker {}
+impl ClientContext for RebalanceTracker {
+    fn stats(&self, statistics: Statistics) {
+        let mut current = HashSet::new();
+        for (topic, stats) in &statistics.topics {
+            for (partition, p) in &stats.partitions {
+                // Partition -1 is librdkafka's queue of messages without a partition.
+                if *partition < 0 || !p.desired || p.consumer_lag < 0 {
+                    continue;
+                }
+                let labels = LagLabels {
+                    group: self.group.clone(),
+                    topic: topic.clone(),
+                    partition: partition.to_string(),
+                };
+                consumer_lag().get_or_create(&labels).set(p.consumer_lag);
+                current.insert(labels);
+            }
+        }
+        let mut series = self.lag_series.lock().expect("lag lock");
+        for released in series.difference(&current) {
+            consumer_lag().remove(released);
+        }
+        *series = current;
+    }
+}
 
 impl ConsumerContext for RebalanceTracker {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -133,6 +185,16 @@ impl ConsumerContext for RebalanceTracker {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(partitions) = rebalance {
             tracing::info!(count = partitions.count(), "Partitions assigned by a rebalance.");
+        }
+    }
+}
+
+impl Drop for RebalanceTracker {
+    fn drop(&mut self) {
+        if let Ok(series) = self.lag_series.lock() {
+            for labels in series.iter() {
+                consumer_lag().remove(labels);
+            }
         }
     }
 }
@@ -162,11 +224,15 @@ impl KafkaConsumer {
     ///
     /// [`BusError`] for invalid client properties or a failed subscription.
     pub fn join_at(config: &KafkaConfig, group: &str, topics: &[&str], from_earliest: bool) -> Result<Consumer, BusError> {
-        let tracker = RebalanceTracker::default();
-        let revoked = tracker.revoked.clone();
         // The topic prefix namespaces consumer groups too: two deployments (or tests) on
         // one cluster must not share a group, or one's members take the other's partitions.
         let group = format!("{}{group}", config.topic_prefix);
+        let tracker = RebalanceTracker {
+            revoked: Arc::default(),
+            group: group.clone(),
+            lag_series: Mutex::default(),
+        };
+        let revoked = tracker.revoked.clone();
         // A client id per member: brokers tell members apart by it in logs and quotas.
         let client_id = format!("{group}-{}-{}", std::process::id(), next_client_number());
         let inner: StreamConsumer<RebalanceTracker> = base_config(config)
@@ -178,6 +244,7 @@ impl KafkaConsumer {
             .set("session.timeout.ms", config.session_timeout_ms.to_string())
             .set("heartbeat.interval.ms", config.heartbeat_interval_ms.to_string())
             .set("max.poll.interval.ms", config.max_poll_interval_ms.to_string())
+            .set("statistics.interval.ms", config.statistics_interval_ms.to_string())
             .create_with_context(tracker)?;
         let full: Vec<String> = topics.iter().map(|t| format!("{}{t}", config.topic_prefix)).collect();
         let names: Vec<&str> = full.iter().map(String::as_str).collect();

@@ -71,6 +71,11 @@ impl Default for Metrics {
         registry.register("events", "Events handled, by outcome", events.clone());
         registry.register("dead_letters", "Events sent to the dead-letter topic, by reason code", dead_letters.clone());
         registry.register("handle_seconds", "Time to handle one event, retries included", handle_seconds.clone());
+        registry.register(
+            "kafka_consumer_lag",
+            "Events not yet committed, per consumer group and partition (high watermark minus committed offset)",
+            crate::kafka::consumer_lag().clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             events,
