@@ -5,28 +5,20 @@
 #[path = "../src/local_pipeline.rs"]
 #[allow(dead_code)]
 mod local_pipeline;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::routing::post;
 use local_pipeline::Endpoints;
-use lungstream_infer_worker::InferServiceConfig;
-use lungstream_ingest::client::{upload, UploadOptions};
-use lungstream_ingest::config::{AssemblerConfig, IngestConfig};
-use lungstream_preprocess::service::PreprocessServiceConfig;
-use lungstream_report::config::ReportConfig;
 use lungstream_runtime::kafka::KafkaConsumer;
-use lungstream_runtime::tenants::Tenant;
 use lungstream_schemas::events::{topics, ReportEvent};
 use serde_json::Value;
-
-const TOKEN: &str = "traces-test-token-0123456789";
+use support::{phantom, Cluster, SERVICES};
 
 /// The OTLP export requests received, as JSON.
 type Received = Arc<Mutex<Vec<Value>>>;
@@ -52,79 +44,6 @@ async fn otlp_receiver() -> (SocketAddr, Received) {
     (address, received)
 }
 
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-/// A `lungstream serve` process, stopped with SIGTERM on drop.
-struct ServiceProcess {
-    child: Child,
-    log: PathBuf,
-}
-
-impl ServiceProcess {
-    fn start(service: &str, config: &str, folder: &Path, otlp: SocketAddr) -> ServiceProcess {
-        let config_path = folder.join(format!("{service}.toml"));
-        std::fs::write(&config_path, config).unwrap();
-        let log = folder.join(format!("{service}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_lungstream"))
-            .args(["serve", service, "--config"])
-            .arg(&config_path)
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))
-            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
-            .env("OTEL_BSP_SCHEDULE_DELAY", "200")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        ServiceProcess { child, log }
-    }
-
-    /// Sends SIGTERM and waits for the process to end, so it exports its last spans.
-    fn stop(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for ServiceProcess {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Waits until `/readyz` of every address returns 200, or fails with the services' logs.
-async fn wait_ready(services: &[(&ServiceProcess, SocketAddr)]) {
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    for (process, address) in services {
-        loop {
-            let ready = match client.get(format!("http://{address}/readyz")).send().await {
-                Ok(r) => r.status().is_success(),
-                Err(_) => false,
-            };
-            if ready {
-                break;
-            }
-            assert!(Instant::now() < deadline, "a service did not become ready; its log:\n{}", process.log());
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
-
 /// Returns the value of a string attribute in an OTLP JSON attribute list.
 fn attribute<'a>(attributes: &'a Value, key: &str) -> Option<&'a str> {
     attributes
@@ -139,75 +58,18 @@ async fn one_trace_spans_every_service() {
     let endpoints = Endpoints::local("traces");
     endpoints.check().unwrap();
     let (otlp, received) = otlp_receiver().await;
-    let folder = tempfile::tempdir().unwrap();
-    let tenants = vec![Tenant {
-        hospital: "north".into(),
-        tokens: vec![TOKEN.into()],
-        ae_titles: Vec::new(),
-    }];
-    let addresses: Vec<SocketAddr> = (0..4).map(|_| free_port()).collect();
-    let ingest = IngestConfig {
-        kafka: endpoints.kafka.clone(),
-        store_url: endpoints.store_url.clone(),
-        store_options: endpoints.store_options.clone(),
-        http_listen: addresses[0],
-        dicom_listen: None,
-        patient_key_secret: "traces-test-secret".into(),
-        tenants: tenants.clone(),
-        assembler: AssemblerConfig {
-            quiet_period_s: 60.0,
-            tick_ms: 200,
-            ..AssemblerConfig::default()
-        },
-        ..IngestConfig::default()
-    };
-    let preprocess = PreprocessServiceConfig {
-        kafka: endpoints.kafka.clone(),
-        store_url: endpoints.store_url.clone(),
-        store_options: endpoints.store_options.clone(),
-        http_listen: addresses[1],
-        ..PreprocessServiceConfig::default()
-    };
-    let infer = InferServiceConfig {
-        kafka: endpoints.kafka.clone(),
-        store_url: endpoints.store_url.clone(),
-        store_options: endpoints.store_options.clone(),
-        http_listen: addresses[2],
-        device: "cpu".into(),
-        ..InferServiceConfig::default()
-    };
-    let report = ReportConfig {
-        kafka: endpoints.kafka.clone(),
-        store_url: endpoints.store_url.clone(),
-        store_options: endpoints.store_options.clone(),
-        http_listen: addresses[3],
-        database_url: endpoints.database_url.clone(),
-        tenants,
-        ..ReportConfig::default()
-    };
-    let mut processes = vec![
-        ServiceProcess::start("ingest", &toml::to_string(&ingest).unwrap(), folder.path(), otlp),
-        ServiceProcess::start("preprocess", &toml::to_string(&preprocess).unwrap(), folder.path(), otlp),
-        ServiceProcess::start("infer", &toml::to_string(&infer).unwrap(), folder.path(), otlp),
-        ServiceProcess::start("report", &toml::to_string(&report).unwrap(), folder.path(), otlp),
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT".to_string(), format!("http://{otlp}")),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL".to_string(), "http/json".to_string()),
+        ("OTEL_BSP_SCHEDULE_DELAY".to_string(), "200".to_string()),
     ];
-    wait_ready(&processes.iter().zip(addresses.iter().copied()).collect::<Vec<_>>()).await;
+    let mut cluster = Cluster::start(&endpoints.kafka, &endpoints.store_url, &endpoints.store_options, &endpoints.database_url, &env);
+    cluster.wait_ready(&SERVICES).await;
 
     // One small phantom series by STOW-RS; the client commits it, so the assembler does
     // not wait for the quiet period.
-    let mut spec = lungstream_phantom::PhantomSpec::preset(lungstream_phantom::Label::Covid, 31).with_matrix(128, 128, 2.8);
-    spec.slices = 40;
-    spec.slice_spacing_mm = 5.0;
-    let dir = folder.path().join("series");
-    let truth = lungstream_phantom::write_series(&spec, &dir).unwrap();
-    // The folder also contains the phantom's ground_truth.json.
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_none_or(|e| e != "json"))
-        .collect();
-    files.sort();
-    let summary = upload(&files, &UploadOptions::new(&format!("http://{}", addresses[0]), TOKEN), |_| {}).await.unwrap();
+    let (files, study_uid) = phantom(&cluster.folder.path().join("series"), 31, 40, 128);
+    let summary = cluster.upload(&files).await.unwrap();
     assert!(summary.rejected.is_empty(), "{:?}", summary.rejected);
 
     let mut consumer = KafkaConsumer::join(&endpoints.kafka, "traces-test-reader", &[topics::REPORTS]).unwrap();
@@ -217,18 +79,19 @@ async fn one_trace_spans_every_service() {
         assert!(
             Instant::now() < deadline,
             "no report in 120 s; the services' logs:\n{}",
-            processes.iter().map(ServiceProcess::log).collect::<Vec<_>>().join("\n")
+            cluster.logs()
         );
         if let Ok(Ok(message)) = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await {
             report_event = Some(serde_json::from_slice(&message.payload).unwrap());
         }
     }
     consumer.close();
-    assert_eq!(report_event.unwrap().study_uid, truth.study_uid);
+    assert_eq!(report_event.unwrap().study_uid, study_uid);
 
     // SIGTERM makes each service export what it still holds.
-    let stopping: Vec<_> = processes
-        .drain(..)
+    let logs = cluster.logs();
+    let stopping: Vec<_> = std::mem::take(&mut cluster.processes)
+        .into_values()
         .map(|mut p| {
             std::thread::spawn(move || {
                 p.stop();
@@ -236,7 +99,9 @@ async fn one_trace_spans_every_service() {
             })
         })
         .collect();
-    let stopped: Vec<ServiceProcess> = stopping.into_iter().map(|t| t.join().unwrap()).collect();
+    for stopped in stopping {
+        stopped.join().unwrap();
+    }
 
     // Services of every trace id, and the trace ids of the spans that handled this series.
     let mut services_by_trace: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -263,7 +128,7 @@ async fn one_trace_spans_every_service() {
         .map(|(trace, _)| trace)
         .collect();
     eprintln!("received {spans} spans in {} traces: {services_by_trace:?}", services_by_trace.len());
-    assert!(spans > 0, "no span was received; the services' logs:\n{}", stopped.iter().map(ServiceProcess::log).collect::<Vec<_>>().join("\n"));
+    assert!(spans > 0, "no span was received; the services' logs:\n{logs}");
     assert_eq!(
         complete.len(),
         1,
