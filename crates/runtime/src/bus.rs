@@ -118,6 +118,21 @@ impl Consumer {
         }
     }
 
+    /// Polls the broker while an event is being handled, so that the member stays in its
+    /// group however long the work takes (see [`crate::worker::Worker::run`]).
+    pub async fn keep_alive(&mut self) {
+        if let Consumer::Kafka(c) = self {
+            c.keep_alive().await;
+        }
+    }
+
+    /// Ends what [`Consumer::keep_alive`] started: fetching resumes.
+    pub fn resume(&mut self) {
+        if let Consumer::Kafka(c) = self {
+            c.resume();
+        }
+    }
+
     /// Partitions taken away from this member since the last call (after a rebalance).
     /// State kept per partition must be dropped: the new owner replays from the
     /// committed position.

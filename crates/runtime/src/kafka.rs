@@ -204,6 +204,10 @@ pub struct KafkaConsumer {
     inner: StreamConsumer<RebalanceTracker>,
     revoked: Arc<Mutex<Vec<(String, i32)>>>,
     prefix: String,
+    /// Partitions paused by [`KafkaConsumer::keep_alive`] until [`KafkaConsumer::resume`].
+    paused: Option<TopicPartitionList>,
+    /// Events that arrived during a keep-alive poll, returned first by `recv`.
+    stashed: std::collections::VecDeque<Message>,
 }
 
 impl KafkaConsumer {
@@ -253,10 +257,58 @@ impl KafkaConsumer {
             inner,
             revoked,
             prefix: config.topic_prefix.clone(),
+            paused: None,
+            stashed: std::collections::VecDeque::new(),
         }))
     }
 
     pub(crate) async fn recv(&mut self) -> Result<Message, BusError> {
+        if let Some(message) = self.stashed.pop_front() {
+            return Ok(message);
+        }
+        self.receive().await
+    }
+
+    /// Polls the consumer while the caller is busy with an event: librdkafka counts the
+    /// poll as a sign of life, so work longer than `max.poll.interval.ms` does not make
+    /// the member leave the group (and its events handled again). The first call pauses
+    /// the assigned partitions, so that no new events are fetched meanwhile; an event
+    /// already fetched is kept for the next `recv`.
+    pub(crate) async fn keep_alive(&mut self) {
+        if self.paused.is_none() {
+            match self.inner.assignment() {
+                Ok(assigned) => match self.inner.pause(&assigned) {
+                    Ok(()) => self.paused = Some(assigned),
+                    Err(error) => tracing::warn!("Cannot pause the assigned partitions: {error}"),
+                },
+                Err(error) => tracing::warn!("Cannot read the assigned partitions: {error}"),
+            }
+        }
+        if let Ok(Ok(message)) = tokio::time::timeout(Duration::from_millis(20), self.receive()).await {
+            self.stashed.push_back(message);
+        }
+    }
+
+    /// Resumes the partitions [`KafkaConsumer::keep_alive`] paused.
+    pub(crate) fn resume(&mut self) {
+        if let Some(paused) = self.paused.take() {
+            // Partitions that a rebalance took away meanwhile are no longer ours to resume.
+            let assigned = self.inner.assignment().unwrap_or_default();
+            let mut still_ours = TopicPartitionList::new();
+            for element in paused.elements() {
+                if assigned.find_partition(element.topic(), element.partition()).is_some() {
+                    still_ours.add_partition(element.topic(), element.partition());
+                }
+            }
+            if still_ours.count() > 0 {
+                if let Err(error) = self.inner.resume(&still_ours) {
+                    tracing::warn!("Cannot resume the paused partitions: {error}");
+                }
+            }
+        }
+    }
+
+    async fn receive(&mut self) -> Result<Message, BusError> {
         let message = self.inner.recv().await?;
         let headers = message
             .headers()

@@ -203,7 +203,7 @@ mod tests {
 
     #[test]
     fn trace_context_travels_in_headers() {
-        init("test");
+        let _telemetry = init("test");
         let producer_span = tracing::info_span!("produce");
         let headers = producer_span.in_scope(current_trace_headers);
         let traceparent = headers.iter().find(|(k, _)| k == "traceparent").expect("a traceparent header");

@@ -81,6 +81,34 @@ pub struct BatchLimits {
     pub linger: std::time::Duration,
 }
 
+/// How often the consumer is polled while an event is being handled. It must stay well
+/// below `max.poll.interval.ms`, whose lowest accepted value is the session timeout.
+const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Runs `work` and polls `consumer` every [`KEEP_ALIVE`] until it ends, with fetching
+/// paused, so that a slow event (or a long retry) does not cost the member its place in
+/// the group. Without the polls librdkafka would leave the group after
+/// `max.poll.interval.ms`, the commit would fail, and the event would be handled again
+/// and again.
+async fn keep_alive_while<T>(consumer: &mut Consumer, work: impl Future<Output = T>) -> T {
+    tokio::pin!(work);
+    let mut polled = false;
+    let result = loop {
+        tokio::select! {
+            biased;
+            result = &mut work => break result,
+            () = tokio::time::sleep(KEEP_ALIVE) => {
+                consumer.keep_alive().await;
+                polled = true;
+            }
+        }
+    };
+    if polled {
+        consumer.resume();
+    }
+    result
+}
+
 /// How one event ended.
 enum Outcome {
     Done,
@@ -105,7 +133,7 @@ impl Worker {
         while let Some(message) = self.next_message(&mut consumer, &shutdown).await {
             let span = crate::telemetry::message_span(self.service, &message);
             let started = Instant::now();
-            let outcome = self.process(&message, handler, &shutdown).instrument(span).await;
+            let outcome = keep_alive_while(&mut consumer, self.process(&message, handler, &shutdown).instrument(span)).await;
             self.ops
                 .metrics
                 .handle_seconds
@@ -153,7 +181,7 @@ impl Worker {
                 }
             }
             let started = Instant::now();
-            let outcome = self.process_batch(&batch, handler, &shutdown).await;
+            let outcome = keep_alive_while(&mut consumer, self.process_batch(&batch, handler, &shutdown)).await;
             let share = started.elapsed().as_secs_f64() / batch.len() as f64;
             for message in &batch {
                 self.ops
