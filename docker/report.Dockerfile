@@ -26,7 +26,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM ${RUNTIME_IMAGE}
 # ca-certificates: S3 over HTTPS verifies against the system's CA store.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
+    && apt-get install -y --no-install-recommends ca-certificates libssl3 \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --gid 10001 lungstream \
     && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin lungstream

@@ -39,6 +39,17 @@ if [[ "${1:-}" == "--torch-full" ]]; then
     shift
 fi
 
+# librdkafka is built with the system's OpenSSL, for Kafka over TLS and SASL/SCRAM.
+if ! pkg-config --exists openssl 2>/dev/null; then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        echo "setup: installing libssl-dev and pkg-config for librdkafka's TLS" >&2
+        apt-get install -y -qq libssl-dev pkg-config >/dev/null \
+            || { apt-get update -qq && apt-get install -y -qq libssl-dev pkg-config >/dev/null; }
+    else
+        echo "setup: OpenSSL's development files are missing; the build will fail (Debian: apt-get install libssl-dev pkg-config)" >&2
+    fi
+fi
+
 # The browser tests of the report pages drive Debian's Chromium through ChromeDriver.
 if [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then

@@ -650,3 +650,18 @@ async fn malformed_result_goes_to_dead_letter() {
     shutdown.cancel();
     running.wait().await.unwrap();
 }
+
+/// `sslmode=require` in the database URL gives an encrypted connection (the local
+/// PostgreSQL of Debian serves TLS with its default certificate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_connection_uses_tls_on_request() {
+    let database = common::TestDatabase::new();
+    let url = format!("{}?sslmode=require", database.url);
+    let connected = lungstream_report::db::Database::connect(&url, 1).await.unwrap();
+    let encrypted: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .fetch_one(connected.pool())
+        .await
+        .unwrap();
+    assert!(encrypted, "the connection is not encrypted");
+    connected.pool().close().await;
+}
