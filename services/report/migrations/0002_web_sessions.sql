@@ -3,6 +3,9 @@
 CREATE TABLE web_sessions (
     token_hash  bytea PRIMARY KEY,
     hospital    text NOT NULL,
+    -- SHA-256 of the token the reader logged in with: a session ends when its token is
+    -- removed from the configuration.
+    credential_hash bytea NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now(),
     expires_at  timestamptz NOT NULL
 );

@@ -43,6 +43,9 @@ pub struct ApiState {
     pub tenants: Tenants,
     /// Settings of the browser pages.
     pub web: WebConfig,
+    /// SHA-256 of every configured reader token, with its hospital: a browser session
+    /// stays valid only while the token it was opened with is configured.
+    pub credentials: std::collections::HashMap<[u8; 32], String>,
 }
 
 impl ApiState {

@@ -510,30 +510,32 @@ impl Database {
         &self,
         token_hash: &[u8],
         hospital: &str,
+        credential_hash: &[u8],
         ttl_minutes: i64,
     ) -> Result<(), sqlx::Error> {
         sqlx::query("DELETE FROM web_sessions WHERE expires_at < now()")
             .execute(&self.pool)
             .await?;
         sqlx::query(
-            "INSERT INTO web_sessions (token_hash, hospital, expires_at) \
-             VALUES ($1, $2, now() + make_interval(mins => $3::int))",
+            "INSERT INTO web_sessions (token_hash, hospital, credential_hash, expires_at) \
+             VALUES ($1, $2, $3, now() + make_interval(mins => $4::int))",
         )
         .bind(token_hash)
         .bind(hospital)
+        .bind(credential_hash)
         .bind(ttl_minutes.clamp(1, i64::from(i32::MAX)) as i32)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    /// Returns the hospital of an unexpired session.
+    /// Returns the hospital and the credential hash of an unexpired session.
     ///
     /// # Errors
     ///
     /// The database does not respond.
-    pub async fn session_hospital(&self, token_hash: &[u8]) -> Result<Option<String>, sqlx::Error> {
-        sqlx::query_scalar("SELECT hospital FROM web_sessions WHERE token_hash = $1 AND expires_at > now()")
+    pub async fn session(&self, token_hash: &[u8]) -> Result<Option<(String, Vec<u8>)>, sqlx::Error> {
+        sqlx::query_as("SELECT hospital, credential_hash FROM web_sessions WHERE token_hash = $1 AND expires_at > now()")
             .bind(token_hash)
             .fetch_optional(&self.pool)
             .await

@@ -133,7 +133,8 @@ th{background:#eceff1}td.l,th.l{text-align:left}\
 .note{background:#fff8e1;border:1px solid #f9a825;padding:0.6em;margin:1em 0}.error{color:#b71c1c;font-weight:bold}\
 figure{display:inline-block;margin:0.5em;vertical-align:top;max-width:540px}figure img{max-width:100%;background:#000}\
 figcaption{color:#444;font-size:0.9em}form.filters{margin:0.5em 0}form.filters label{margin-right:1em}\
-.legend span{display:inline-block;width:0.9em;height:0.9em;margin:0 0.3em 0 1em;vertical-align:middle}";
+.legend span{display:inline-block;width:0.9em;height:0.9em;margin:0 0.3em 0 1em;vertical-align:middle}\
+.badge{background:#fdecea;color:#8e0000;border:1px solid #c62828;border-radius:3px;padding:0 0.3em;font-size:0.85em;white-space:nowrap}";
 
 /// Wraps `body` in the page frame; `hospital` is the logged-in hospital, if any.
 fn page(status: StatusCode, title: &str, hospital: Option<&str>, body: &str) -> Response {
@@ -171,6 +172,14 @@ fn cookie_hash(value: &str) -> [u8; 32] {
     Sha256::digest(value.as_bytes()).into()
 }
 
+/// Maps the SHA-256 of every configured token to its hospital.
+pub fn credential_hashes(tenants: &[crate::config::Tenant]) -> std::collections::HashMap<[u8; 32], String> {
+    tenants
+        .iter()
+        .flat_map(|t| t.tokens.iter().map(|token| (cookie_hash(token.trim()), t.hospital.clone())))
+        .collect()
+}
+
 /// Returns the session cookie's value, if the request has one.
 fn session_cookie(headers: &HeaderMap) -> Option<&str> {
     headers
@@ -192,11 +201,20 @@ async fn session(state: &ApiState, headers: &HeaderMap, uri: &OriginalUri) -> Re
     let Some(value) = session_cookie(headers) else {
         return Err(login());
     };
-    state
-        .database()?
-        .session_hospital(&cookie_hash(value))
-        .await?
-        .ok_or_else(login)
+    let Some((hospital, credential)) = state.database()?.session(&cookie_hash(value)).await? else {
+        return Err(login());
+    };
+    // A token removed from the configuration (rotated, or its hospital gone) ends the
+    // sessions opened with it.
+    let still_valid = <[u8; 32]>::try_from(credential.as_slice())
+        .ok()
+        .and_then(|c| state.credentials.get(&c))
+        .is_some_and(|h| *h == hospital);
+    if !still_valid {
+        tracing::info!(hospital, "A browser session was refused: its token is no longer configured.");
+        return Err(login());
+    }
+    Ok(hospital)
 }
 
 /// Accepts only a path on this site as the page to return to after login.
@@ -282,7 +300,7 @@ async fn login(
     let minutes = state.web.session_minutes.max(1);
     state
         .database()?
-        .create_session(&cookie_hash(&value), &hospital, minutes)
+        .create_session(&cookie_hash(&value), &hospital, &cookie_hash(form.token.trim()), minutes)
         .await?;
     tracing::info!(hospital, "A reader logged in to the web pages.");
     let cookie = format!(
@@ -383,12 +401,15 @@ async fn worklist(
         ),
         select("status", "Status", &status, &[("", "any"), ("analysed", "analysed"), ("rejected", "rejected")]),
     );
+    if studies.iter().any(|s| s.research_only == Some(true)) {
+        body.push_str("<p class=\"warning\" id=\"research-banner\">Decisions marked \"research only\" come from models that are not for clinical decisions.</p>");
+    }
     if studies.is_empty() {
         body.push_str("<p id=\"empty\">No studies match.</p>");
     } else {
         body.push_str(
             "<table id=\"worklist\"><tr><th class=\"l\">Infected (both lungs)</th><th class=\"l\">Decision</th><th>P(diseased)</th><th>P(COVID-19 | diseased)</th>\
-             <th>Right %</th><th>Left %</th><th>Infected mL</th><th class=\"l\">Patient key</th><th class=\"l\">Study</th><th class=\"l\">Arrived (UTC)</th></tr>",
+             <th>Right lung infected, %</th><th>Left lung infected, %</th><th>Infected, mL (both lungs)</th><th class=\"l\">Patient key</th><th class=\"l\">Study</th><th class=\"l\">Arrived (UTC)</th><th class=\"l\">Model</th></tr>",
         );
         for s in &studies {
             let href = format!("/studies/{}", encode_component(&s.study_uid));
@@ -415,9 +436,14 @@ async fn worklist(
                 Some(p) => (format!("{:.1}", p.right), format!("{:.1}", p.left)),
                 None => ("—".into(), "—".into()),
             };
+            let model = match (&s.model_id, s.research_only) {
+                (Some(id), Some(true)) => format!("{} <span class=\"badge\">research only</span>", escape(id)),
+                (Some(id), _) => escape(id),
+                (None, _) => "—".to_string(),
+            };
             let _ = write!(
                 body,
-                "<tr class=\"study\"><td class=\"l\">{severity}</td><td class=\"l\">{decision}</td><td>{}</td><td>{}</td><td>{right}</td><td>{left}</td><td>{}</td><td class=\"l\">{}</td><td class=\"l\"><a href=\"{href}\">{}</a></td><td class=\"l\">{}</td></tr>",
+                "<tr class=\"study\"><td class=\"l\">{severity}</td><td class=\"l\">{decision}</td><td>{}</td><td>{}</td><td>{right}</td><td>{left}</td><td>{}</td><td class=\"l\">{}</td><td class=\"l\"><a href=\"{href}\">{}</a></td><td class=\"l\">{}</td><td class=\"l\">{model}</td></tr>",
                 number(s.probabilities.as_ref().map(|p| p.diseased), 3),
                 number(s.probabilities.as_ref().map(|p| p.covid19), 3),
                 number(s.infected_ml.as_ref().map(|m| m.total), 0),
@@ -497,8 +523,22 @@ fn study_body(detail: &StudyDetail, report: Option<&Report>, background: &Backgr
             r.probabilities.diseased,
             r.probabilities.covid19
         );
+        let _ = write!(
+            body,
+            "<p class=\"note\" id=\"model-statement\">Produced by model <b>{}</b> version <b>{}</b> ({} configuration), trained on {}, running on {}. {}</p>",
+            escape(&r.model.id),
+            escape(&r.model.version),
+            escape(&r.model.config),
+            escape(&r.model.trained_on),
+            escape(&r.model.device),
+            if r.model.research_only {
+                "For research only, not for clinical decisions."
+            } else {
+                ""
+            }
+        );
         body.push_str("<h2>Infected share of the lung</h2><table id=\"infection\"><tr><th class=\"l\"></th><th>right</th><th>left</th><th>both</th></tr>");
-        side_row(&mut body, "infected-percent", "infected, % of the lung", &r.infection.percent, 2);
+        side_row(&mut body, "infected-percent", "infected, % of each lung", &r.infection.percent, 2);
         side_row(&mut body, "infected-ml", "infected, mL", &r.infection.volume_ml, 1);
         side_row(&mut body, "lung-ml", "lung volume, mL", &r.series.lung_volume_ml, 0);
         body.push_str("</table>");
@@ -507,7 +547,7 @@ fn study_body(detail: &StudyDetail, report: Option<&Report>, background: &Backgr
         for slice in r.worst_slices.iter().filter(|w| !w.overlay.is_empty()) {
             let _ = write!(
                 body,
-                "<figure><img alt=\"overlay of slice {}\" src=\"/studies/{uid_path}/overlays/{}\"><figcaption>Slice {} at {:.1} mm: infected {:.0} mm² ({:.1}% of its lung), P(diseased) {:.3}</figcaption></figure>",
+                "<figure><img alt=\"overlay of slice {}\" src=\"/studies/{uid_path}/overlays/{}\"><figcaption>Slice index {} (from the feet, from 0) at {:.1} mm: infected {:.0} mm² ({:.1}% of its lung), P(diseased) {:.3}</figcaption></figure>",
                 slice.slice,
                 encode_component(&slice.overlay),
                 slice.slice,
@@ -546,20 +586,6 @@ fn study_body(detail: &StudyDetail, report: Option<&Report>, background: &Backgr
             r.series.slices_with_lungs
         );
 
-        let _ = write!(
-            body,
-            "<h2>Model</h2><p class=\"note\" id=\"model-statement\">Produced by model <b>{}</b> version <b>{}</b> ({} configuration), trained on {}, running on {}. {}</p>",
-            escape(&r.model.id),
-            escape(&r.model.version),
-            escape(&r.model.config),
-            escape(&r.model.trained_on),
-            escape(&r.model.device),
-            if r.model.research_only {
-                "For research only, not for clinical decisions."
-            } else {
-                ""
-            }
-        );
         let _ = write!(
             body,
             "<p><a href=\"/studies/{uid_path}/report.html\">Offline report page</a> (one file, images included)</p>"
@@ -758,6 +784,16 @@ fn severity_chart(aggregates: &Aggregates) -> String {
     svg
 }
 
+/// Windows offered on the dashboard, with the current one among them.
+fn window_options(current: i32) -> Vec<(String, String)> {
+    let mut days = vec![7, 30, 90, 365];
+    if !days.contains(&current) {
+        days.push(current);
+        days.sort_unstable();
+    }
+    days.into_iter().map(|d| (d.to_string(), format!("{d} days"))).collect()
+}
+
 async fn dashboard(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -779,7 +815,7 @@ async fn dashboard(
     let _ = write!(
         body,
         "<form class=\"filters\" method=\"get\" action=\"/dashboard\">{} <button type=\"submit\">Show</button></form>",
-        select("days", "Window", &days.to_string(), &[("7", "7 days"), ("30", "30 days"), ("90", "90 days"), ("365", "365 days")])
+        select("days", "Window", &days.to_string(), &window_options(days).iter().map(|(v, t)| (v.as_str(), t.as_str())).collect::<Vec<_>>())
     );
     body.push_str("<table id=\"totals\"><tr>");
     for (name, _) in CLASSES {

@@ -466,6 +466,7 @@ pub async fn start(config: ReportConfig, shutdown: CancellationToken) -> anyhow:
         store: store.clone(),
         tenants,
         web: config.web.clone(),
+        credentials: crate::pages::credential_hashes(&config.tenants),
     });
     let router = ops
         .router()

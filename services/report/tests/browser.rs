@@ -321,13 +321,15 @@ async fn pages_in_headless_chromium() {
     assert_eq!(browser.text("#hospital").await, "north");
     assert_eq!(browser.count("#worklist tr.study").await, 4);
     let first = browser.text("#worklist tr.study:nth-of-type(2)").await;
-    for expected in ["35.0%", "COVID-19 pneumonia", "0.930", "0.870", "21.0", "14.0", "1400", "1.2.826.0.1.7001"] {
+    for expected in ["35.0%", "COVID-19 pneumonia", "0.930", "0.870", "42.0", "24.5", "1400", "1.2.826.0.1.7001"] {
         assert!(first.contains(expected), "{expected} is not in the first row: {first}");
     }
     let last = browser.text("#worklist tr.study:nth-of-type(5)").await;
     assert!(last.contains("rejected: no_lungs"), "{last}");
     let page = browser.text("main").await;
     assert!(!page.contains("1.2.826.0.1.7100"), "the south study is listed for north");
+    assert!(browser.text("#research-banner").await.contains("not for clinical decisions"));
+    assert!(first.contains("lungstream-test research only"), "{first}");
     browser.screenshot("02-worklist").await;
 
     // Filters through the form.
@@ -348,9 +350,9 @@ async fn pages_in_headless_chromium() {
     assert_eq!(browser.text("#decision").await, "COVID-19 pneumonia");
     assert_eq!(browser.text("#p-diseased").await, "0.930");
     assert_eq!(browser.text("#p-covid").await, "0.870");
-    // The test findings put 60 % of the infection in the right lung.
-    assert_eq!(browser.text("#infected-percent").await, "infected, % of the lung 21.00 14.00 35.00");
-    assert_eq!(browser.text("#infected-ml").await, "infected, mL 840.0 560.0 1400.0");
+    // The test findings: the right lung (2400 mL) 42 % infected, the left (1600 mL) 24.5 %.
+    assert_eq!(browser.text("#infected-percent").await, "infected, % of each lung 42.00 24.50 35.00");
+    assert_eq!(browser.text("#infected-ml").await, "infected, mL 1008.0 392.0 1400.0");
     assert!(browser.text("#mf-infected").await.ends_with("6.00"));
     assert_eq!(browser.text("#background-hu").await, "-1000 HU");
     let hospital_background = browser.text("#background-hospital").await;
@@ -470,7 +472,22 @@ async fn pages_need_a_session() {
         .unwrap();
     assert_eq!(reply.status(), 400);
     assert!(reply.text().await.unwrap().contains("days 9999 is out of range"));
+    shutdown.cancel();
+    running.wait().await.unwrap();
 
+    // North's token is rotated: the session opened with the old one no longer counts.
+    let mut config = servers.config();
+    config.tenants[0].tokens = vec!["north-rotated-token-0123456789".into()];
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = lungstream_report::service::start(config, shutdown.clone()).await.unwrap();
+    let site = format!("http://{}", running.http_address);
+    let reply = client
+        .get(format!("{site}/worklist"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 303, "a session of a removed token still works");
     shutdown.cancel();
     running.wait().await.unwrap();
 }

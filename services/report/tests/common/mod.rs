@@ -322,7 +322,8 @@ pub struct Findings {
     pub decision: Decision,
     pub p_diseased: f64,
     pub p_covid: f64,
-    /// Infected share of both lungs, percent. The right lung gets 60 % of it.
+    /// Infected share of both lungs, percent. The right lung (60 % of the lung volume) is
+    /// 1.2 times as infected and the left 0.7 times, which adds up to this share.
     pub infected_percent: f64,
     pub slices_with_lungs: usize,
     /// Number of worst slices with overlays.
@@ -344,11 +345,19 @@ impl Default for Findings {
 
 /// Builds the series report of an analysed series with the given findings.
 pub fn report(series_uid: &str, model_version: &str, findings: &Findings) -> Report {
+    // Volumes and voxel counts: 60 % in the right lung.
     let side = |total: f64| PerSide {
         right: total * 0.6,
         left: total * 0.4,
         total,
     };
+    // A share that is the same on both sides.
+    let same = |share: f64| PerSide {
+        right: share,
+        left: share,
+        total: share,
+    };
+    let t = findings.infected_percent;
     let worst_slices = (0..findings.overlays)
         .map(|i| WorstSlice {
             slice: 10 + i,
@@ -387,16 +396,28 @@ pub fn report(series_uid: &str, model_version: &str, findings: &Findings) -> Rep
             covid19: findings.p_covid,
         },
         infection: Infection {
-            percent: side(findings.infected_percent),
-            volume_ml: side(findings.infected_percent * 40.0),
-            infected_voxels: side(findings.infected_percent * 1000.0),
+            percent: PerSide {
+                right: 1.2 * t,
+                left: 0.7 * t,
+                total: t,
+            },
+            volume_ml: PerSide {
+                right: 28.8 * t,
+                left: 11.2 * t,
+                total: 40.0 * t,
+            },
+            infected_voxels: PerSide {
+                right: 720.0 * t,
+                left: 280.0 * t,
+                total: 1000.0 * t,
+            },
             lung_voxels: side(100_000.0),
         },
         model_free: ModelFree {
-            ground_glass_percent: side(5.0),
-            consolidation_percent: side(1.0),
-            infected_percent: side(6.0),
-            band_percent: side(3.0),
+            ground_glass_percent: same(5.0),
+            consolidation_percent: same(1.0),
+            infected_percent: same(6.0),
+            band_percent: same(3.0),
         },
         worst_slices,
         lobes: Vec::new(),
