@@ -90,6 +90,7 @@ pub async fn start(config: IngestConfig, roles: Roles, shutdown: CancellationTok
         let state = Arc::new(StowState {
             intake: intake.clone(),
             tenants: tenants.clone(),
+            max_request_bytes: config.limits.max_request_bytes,
         });
         router = router.merge(stow::router(state, config.limits.max_request_bytes));
     }

@@ -15,6 +15,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -55,6 +56,8 @@ const CONCURRENCY: usize = 8;
 pub struct StowState {
     pub intake: Intake,
     pub tenants: Arc<Tenants>,
+    /// Largest request body (`limits.max_request_bytes`), named in the 413 response.
+    pub max_request_bytes: u64,
 }
 
 /// Builds the STOW-RS and commit routes; `max_request_bytes` limits a request body.
@@ -73,12 +76,37 @@ enum PartResult {
     Failed { rejected: Rejected },
 }
 
-async fn store_any_study(State(state): State<Arc<StowState>>, headers: HeaderMap, body: Bytes) -> Response {
-    store(state, headers, body, None).await
+async fn store_any_study(State(state): State<Arc<StowState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    match body {
+        Ok(body) => store(state, headers, body, None).await,
+        Err(rejection) => body_rejected(&state, &rejection),
+    }
 }
 
-async fn store_one_study(State(state): State<Arc<StowState>>, Path(study): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
-    store(state, headers, body, Some(study)).await
+async fn store_one_study(State(state): State<Arc<StowState>>, Path(study): Path<String>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    match body {
+        Ok(body) => store(state, headers, body, Some(study)).await,
+        Err(rejection) => body_rejected(&state, &rejection),
+    }
+}
+
+/// Answers a body that could not be read: over the size limit (413, naming the limit) or
+/// broken off by the client.
+fn body_rejected(state: &StowState, rejection: &BytesRejection) -> Response {
+    let status = rejection.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        tracing::warn!(limit = state.max_request_bytes, "A STOW-RS request was larger than the limit.");
+        return (
+            status,
+            format!(
+                "too_large: the request body is larger than the limit of {} bytes (limits.max_request_bytes); send the instances in smaller requests, as `lungstream ingest` does\n",
+                state.max_request_bytes
+            ),
+        )
+            .into_response();
+    }
+    tracing::warn!("A STOW-RS request body could not be read: {}", rejection.body_text());
+    (status, format!("{}\n", rejection.body_text())).into_response()
 }
 
 /// Returns the hospital of the request's bearer token, or the 401 response.

@@ -317,3 +317,48 @@ async fn sigterm_stops_ingest_cleanly() {
     };
     assert!(exit.success(), "{exit:?}");
 }
+
+/// Requests and instances over the configured limits get clear errors with the reason
+/// code and the limit, and nothing is stored or published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_give_clear_errors() {
+    let servers = Servers::new("limits");
+    let mut config = servers.config(3.0, 600.0);
+    config.limits.max_request_bytes = 1_000_000;
+    config.limits.max_matrix = 256;
+    let shutdown = CancellationToken::new();
+    let running = service::start(config, Roles::ALL, shutdown.clone()).await.unwrap();
+
+    // A body over the request limit: 413, naming the limit.
+    let oversized = vec![b'x'; 1_500_000];
+    let reply = reqwest::Client::new()
+        .post(format!("http://{}/studies", running.http_address))
+        .bearer_auth(TOKEN)
+        .header("content-type", "multipart/related; type=\"application/dicom\"; boundary=b")
+        .body(oversized)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 413);
+    let text = reply.text().await.unwrap();
+    assert!(text.starts_with("too_large:"), "{text}");
+    assert!(text.contains("1000000"), "{text}");
+
+    // The real series is 512×512: over a matrix limit of 256, each instance is rejected
+    // with `too_large` and the size, and the client lists every file.
+    let files: Vec<PathBuf> = series_files().into_iter().take(3).collect();
+    let mut options = options(running.http_address);
+    options.batch_bytes = 600_000;
+    options.commit = false;
+    let summary = upload(&files, &options, |_| {}).await.unwrap();
+    assert_eq!(summary.rejected.len(), 3, "{summary:?}");
+    for (_, reason) in &summary.rejected {
+        assert!(reason.starts_with("too_large"), "{reason}");
+        assert!(reason.contains("512") && reason.contains("256"), "{reason}");
+    }
+    let instances = servers.read_until(topics::INSTANCES, Duration::from_secs(3), |_| false).await;
+    assert!(instances.is_empty(), "{} instance events were published", instances.len());
+
+    shutdown.cancel();
+    running.wait().await.unwrap();
+}
