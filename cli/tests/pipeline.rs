@@ -340,8 +340,9 @@ async fn phantom_studies_from_two_hospitals() {
     for service in ["preprocess", "infer", "report"] {
         assert!(poisoned.iter().any(|s| s == service), "no dead letter from {service}: {poisoned:?}");
     }
-    // No patient name, ID or birth date on any topic, in any metric or in any log line.
-    let secrets = ["PIPELINE^PATIENT", "PIPELINE-PID", "19450817"];
+    // No patient name, ID or birth date on any topic, in any metric or in any log line,
+    // and no hospital token or the patient key secret either.
+    let secrets = ["PIPELINE^PATIENT", "PIPELINE-PID", "19450817", NORTH, SOUTH, SECRET];
     for topic in topics::ALL {
         let events = read_all(&endpoints, topic).await;
         assert!(!events.is_empty(), "no events on {topic}");
