@@ -13,6 +13,7 @@ manifest:
 * the KEDA triggers' consumer groups and topics against the names the services use;
 * references between manifests (Secret keys, ConfigMap keys, scale targets, selectors),
   probes, and the security settings every container must have;
+* that no Ingress path routes the operations endpoints (/metrics, /healthz, /readyz);
 * the Grafana dashboard's metric names and `service` labels against the Rust sources.
 
 It also checks that helm/lungstream/values.schema.json is the schema that
@@ -217,6 +218,7 @@ def check_references(documents: list[dict[str, Any]]) -> list[str]:
         errors += check_deployment(name, deployment, by_kind.get("ConfigMap", {}), secret_keys)
     errors += check_scaling(by_kind)
     errors += check_selectors(by_kind)
+    errors += check_ingresses(by_kind.get("Ingress", {}))
     errors += check_configs(by_kind.get("ConfigMap", {}), by_kind.get("ScaledObject", {}))
     return errors
 
@@ -309,6 +311,32 @@ def check_selectors(by_kind: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
                 selector = document["spec"]["podSelector"].get("matchLabels", {})
             if not any(labels_match(selector, labels) for labels in pod_labels):
                 errors.append(f"{kind} {name}: selector matches no Deployment's pods")
+    return errors
+
+
+def ingress_path_matches(path: str, path_type: str, request: str) -> bool:
+    """Returns whether an Ingress path routes `request`. Prefix matches whole path
+    elements, as Kubernetes defines it; ImplementationSpecific is read as Prefix, the
+    wider of the two."""
+    if path_type == "Exact":
+        return request == path
+    prefix = [element for element in path.split("/") if element]
+    return [element for element in request.split("/") if element][: len(prefix)] == prefix
+
+
+def check_ingresses(ingresses: dict[str, dict[str, Any]]) -> list[str]:
+    """Checks that no Ingress routes the operations endpoints, which share the HTTP port
+    with the API and must stay inside the cluster (/metrics has counters per hospital)."""
+    operations = re.findall(r'\.route\("(/[^"]*)"', read_source("crates/runtime/src/ops.rs"))
+    if not operations:
+        return ["cannot find the routes of crates/runtime/src/ops.rs; update check_ingresses in scripts/chart_check.py"]
+    errors = []
+    for name, ingress in ingresses.items():
+        for rule in ingress["spec"].get("rules", []):
+            for entry in rule.get("http", {}).get("paths", []):
+                routed = [request for request in operations if ingress_path_matches(entry["path"], entry["pathType"], request)]
+                if routed:
+                    errors.append(f"Ingress {name}: path {entry['path']} ({entry['pathType']}) of host {rule.get('host')} routes {', '.join(routed)}; list only the public paths in <service>.ingress.paths")
     return errors
 
 
@@ -407,6 +435,22 @@ TENANT_SCHEMA = {
 }
 
 
+# Items of `<service>.ingress.hosts` and `<service>.ingress.paths`.
+INGRESS_HOSTS_SCHEMA = {
+    "type": "array",
+    "items": {"type": "object", "required": ["host"], "additionalProperties": False, "properties": {"host": {"type": "string"}}},
+}
+INGRESS_PATHS_SCHEMA = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["path"],
+        "additionalProperties": False,
+        "properties": {"path": {"type": "string", "pattern": "^/"}, "pathType": {"enum": ["Prefix", "Exact", "ImplementationSpecific"]}},
+    },
+}
+
+
 # The services' `retry` table (RetryConfig in crates/runtime/src/config.rs).
 RETRY_SCHEMA = {
     "type": "object",
@@ -423,6 +467,10 @@ def value_schema(value: Any, path: str) -> dict[str, Any]:
         return {"type": "array", "items": TENANT_SCHEMA}
     if path == "retry":
         return RETRY_SCHEMA
+    if general == "*.ingress.hosts":
+        return INGRESS_HOSTS_SCHEMA
+    if general == "*.ingress.paths":
+        return INGRESS_PATHS_SCHEMA
     if path in ENUM_VALUES:
         return {"enum": ENUM_VALUES[path]}
     if isinstance(value, dict):
@@ -534,6 +582,12 @@ def main() -> int:
     started = time.monotonic()
     helm3_version = helm3("version", "--short").stdout.strip()
     print(f"chart-check: Helm SDK {helm.helm_sdk_version()} (helm-python-sdk), helm {helm3_version}, kubernetes-validate {kubernetes_schemas.__version__}, Kubernetes {', '.join(KUBERNETES_VERSIONS)}")
+    print("chart-check: checks values.schema.json against values.yaml, then for each values file:")
+    print("  helm lint (strict), and rendering with Helm 4 and helm 3, which must give the same manifests;")
+    print(f"  every manifest against the Kubernetes {' and '.join(KUBERNETES_VERSIONS)} schemas (strict) or the KEDA and Prometheus Operator CRD schemas;")
+    print("  the services' TOML files against the Rust configuration structs, and the KEDA consumer groups and topics;")
+    print("  references between manifests, probes, security contexts, and Ingress paths (no /metrics, /healthz, /readyz);")
+    print("  and once, after the values files, the Grafana dashboard's metric and service names.")
     outcomes = []
 
     schema_current = schema_path.exists() and schema_path.read_text() == values_schema()

@@ -16,7 +16,15 @@
 #   scripts/services.sh restart-broker   stop and start tansu only (fault tests)
 #
 # Ports: LUNGSTREAM_S3_PORT (default 18333) and LUNGSTREAM_KAFKA_PORT (default 19092).
-# SeaweedFS also takes several ports of its own on loopback (9333, 8888, 18080, ...).
+# SeaweedFS 4.48 (`weed mini`) also listens on these loopback ports, its defaults, none of
+# which scripts/dev-up uses:
+#   9333, 19333    master (HTTP, gRPC)
+#   9340, 19340    volume server (HTTP, gRPC)
+#   8888, 18888    filer (HTTP, gRPC)
+#   28333          S3 gRPC (the S3 port + 10000)
+#   8181           Iceberg REST catalog
+#   9101           Lance namespace
+#   23646, 33646   admin server (HTTP, gRPC)
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

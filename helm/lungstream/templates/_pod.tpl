@@ -112,6 +112,15 @@
 - name: models
   {{- toYaml $values.infer.model.volume | nindent 2 }}
 {{- end }}
+{{- if and (eq .component "report") $values.report.database.caSecret.name }}
+- name: db-ca
+  secret:
+    secretName: {{ $values.report.database.caSecret.name }}
+    defaultMode: 0440
+    items:
+      - key: {{ $values.report.database.caSecret.key }}
+        path: {{ $values.report.database.caSecret.key }}
+{{- end }}
 {{- end }}
 
 {{- define "lungstream.pod.volumeMounts" -}}
@@ -140,6 +149,12 @@
 {{- if and (eq .component "infer") $values.infer.model.volume }}
 - name: models
   mountPath: /models
+  readOnly: true
+{{- end }}
+{{- if and (eq .component "report") $values.report.database.caSecret.name }}
+# The database URL names the file as sslrootcert=/etc/lungstream/db-ca/<key>.
+- name: db-ca
+  mountPath: /etc/lungstream/db-ca
   readOnly: true
 {{- end }}
 {{- end }}
