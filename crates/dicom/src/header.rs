@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::config::ReaderConfig;
 use crate::error::ReadError;
-use crate::file_meta::rebuild_file_meta;
+use crate::file_meta::{read_meta_group, rebuild_file_meta, MetaGroup};
 use crate::lengths;
 use crate::patient_key::patient_key;
 
@@ -126,7 +126,14 @@ pub fn read_header(path: &Path, config: &ReaderConfig) -> Result<SliceHeader, Re
     let mut prefix_reader = prefix.as_slice();
     skip_preamble(&mut prefix_reader, path)?;
     let dicm_offset = prefix.len() - prefix_reader.len();
-    check_declared_lengths(prefix_reader, file_bytes - dicm_offset as u64, path)?;
+    if !check_declared_lengths(prefix_reader, file_bytes - dicm_offset as u64, path)? {
+        // Headers past the prefix (or a deflated data set): check the whole file, because
+        // the parser below reads up to Pixel Data wherever it is.
+        let bytes = std::fs::read(path).map_err(io_error)?;
+        let mut reader = bytes.as_slice();
+        skip_preamble(&mut reader, path)?;
+        check_declared_lengths(reader, reader.len() as u64, path)?;
+    }
 
     let mut reader = BufReader::new(&file);
     skip_preamble(&mut reader, path)?;
@@ -236,27 +243,62 @@ fn is_pixel_data_header(bytes: &[u8], transfer_syntax: &str, value_len: u64) -> 
 }
 
 /// Rejects a file whose element headers declare more bytes than it has, before dicom-object
-/// would allocate buffers of the declared sizes (see [`crate::lengths`]).
+/// would allocate buffers of the declared sizes (see [`crate::lengths`]), and a deflated
+/// data set that inflates to more than [`lengths::MAX_INFLATED_BYTES`].
 ///
 /// `bytes` starts at the `DICM` prefix and may be only the start of the file. `total`
-/// counts the bytes from the prefix to the end of the file.
-fn check_declared_lengths(bytes: &[u8], total: u64, path: &Path) -> Result<(), ReadError> {
-    let Some((offset, transfer_syntax)) = lengths::read_file_meta(bytes) else {
-        // dicom-object reports a broken meta group better.
-        return Ok(());
+/// counts the bytes from the prefix to the end of the file. Returns whether every element
+/// up to _Pixel Data_ was checked. For a prefix, that is false when the prefix ends
+/// before _Pixel Data_, and always for a deflated data set. The caller must then check
+/// the whole file.
+fn check_declared_lengths(bytes: &[u8], total: u64, path: &Path) -> Result<bool, ReadError> {
+    let whole_file = bytes.len() as u64 >= total;
+    let (offset, transfer_syntax) = match read_meta_group(bytes, total) {
+        MetaGroup::Read {
+            data_set_offset,
+            transfer_syntax,
+        } => (data_set_offset, transfer_syntax),
+        MetaGroup::Overrun(overrun) => return Err(overrun_error(path, &overrun)),
+        MetaGroup::Incomplete if !whole_file => return Ok(false),
+        // dicom-object rejects the group; parse_from_bytes then parses the data set after
+        // the group that rebuild_file_meta finds, so that one is checked.
+        MetaGroup::Rejected | MetaGroup::Incomplete => match lengths::read_file_meta(bytes) {
+            Some(found) => found,
+            // dicom-object reports a broken meta group better.
+            None => return Ok(true),
+        },
     };
     let Some(encoding) = lengths::Encoding::of_transfer_syntax(&transfer_syntax) else {
-        return Ok(());
+        // Deflated: the element headers can only be walked after inflating.
+        if !whole_file {
+            return Ok(false);
+        }
+        let inflated = lengths::inflate(&bytes[offset..]).map_err(|()| ReadError::TooLarge {
+            subject: path.display().to_string(),
+            what: "the inflated data set in bytes (inflating stopped there)",
+            value: lengths::MAX_INFLATED_BYTES + 1,
+            limit: lengths::MAX_INFLATED_BYTES,
+        })?;
+        let walk = lengths::walk_lengths(&inflated, inflated.len() as u64, lengths::Encoding::ExplicitLittle);
+        return match walk.overrun {
+            None => Ok(true),
+            Some(overrun) => Err(overrun_error(path, &overrun)),
+        };
     };
-    match lengths::find_length_overrun(&bytes[offset..], total - offset as u64, encoding) {
-        None => Ok(()),
-        Some(overrun) => Err(ReadError::Truncated {
-            path: path.to_path_buf(),
-            detail: format!(
-                "element ({:04X},{:04X}) declares {} bytes but only {} remain in the file",
-                overrun.group, overrun.element, overrun.declared, overrun.available
-            ),
-        }),
+    let walk = lengths::walk_lengths(&bytes[offset..], total - offset as u64, encoding);
+    match walk.overrun {
+        None => Ok(whole_file || walk.reached_pixel_data),
+        Some(overrun) => Err(overrun_error(path, &overrun)),
+    }
+}
+
+fn overrun_error(path: &Path, overrun: &lengths::LengthOverrun) -> ReadError {
+    ReadError::Truncated {
+        path: path.to_path_buf(),
+        detail: format!(
+            "element ({:04X},{:04X}) declares {} bytes but only {} remain in the file",
+            overrun.group, overrun.element, overrun.declared, overrun.available
+        ),
     }
 }
 
