@@ -211,7 +211,7 @@ async fn session(state: &ApiState, headers: &HeaderMap, uri: &OriginalUri) -> Re
         .and_then(|c| state.credentials.get(&c))
         .is_some_and(|h| *h == hospital);
     if !still_valid {
-        tracing::info!(hospital, "A browser session was refused: its token is no longer configured.");
+        tracing::info!(hospital, "A browser session was rejected: its token is no longer configured.");
         return Err(login());
     }
     Ok(hospital)
