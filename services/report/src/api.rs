@@ -97,7 +97,7 @@ struct ErrorBody {
 }
 
 impl ApiError {
-    /// The HTTP status and the message shown to the caller.
+    /// Returns the HTTP status and the message shown to the caller.
     pub(crate) fn status_and_message(self) -> (StatusCode, String) {
         match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
@@ -144,7 +144,7 @@ fn authenticate(tenants: &Tenants, headers: &HeaderMap) -> Result<String, ApiErr
 }
 
 /// Marks a response as not for caches, because every response concerns patients.
-fn private(mut response: Response) -> Response {
+pub(crate) fn private(mut response: Response) -> Response {
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -498,7 +498,7 @@ pub(crate) struct AggregateParams {
     pub days: Option<i32>,
 }
 
-/// Returns the window of the aggregates: 30 days unless `days` asks for 1 to
+/// Returns the window of the aggregates: 30 days unless `days` requests 1 to
 /// [`MAX_AGGREGATE_DAYS`].
 pub(crate) fn check_days(days: Option<i32>) -> Result<i32, ApiError> {
     let days = days.unwrap_or(30);

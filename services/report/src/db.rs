@@ -227,6 +227,16 @@ pub enum Sort {
     Time,
 }
 
+impl Sort {
+    /// Returns the name used in the worklist's `sort` parameter.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sort::Severity => "severity",
+            Sort::Time => "time",
+        }
+    }
+}
+
 /// Filters and paging of the worklist.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WorklistQuery {

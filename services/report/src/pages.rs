@@ -96,9 +96,9 @@ impl IntoResponse for PageError {
 
 /// Headers of every page: nothing is cached, nothing is loaded from elsewhere, and no
 /// other site may frame the page.
-fn secure(mut response: Response) -> Response {
+fn secure(response: Response) -> Response {
+    let mut response = api::private(response);
     let headers = response.headers_mut();
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
@@ -348,12 +348,9 @@ fn short_time(rfc3339: &str) -> String {
 
 /// Query string of a worklist link.
 fn worklist_href(sort: Sort, decision: &str, status: &str, offset: i64) -> String {
-    let sort = match sort {
-        Sort::Severity => "severity",
-        Sort::Time => "time",
-    };
     format!(
-        "/worklist?sort={sort}&amp;decision={}&amp;status={}&amp;offset={offset}",
+        "/worklist?sort={}&amp;decision={}&amp;status={}&amp;offset={offset}",
+        sort.as_str(),
         encode_component(decision),
         encode_component(status)
     )
@@ -385,14 +382,10 @@ async fn worklist(
     let studies: Vec<StudySummary> = rows.iter().map(StudySummary::from).collect();
 
     let mut body = String::from("<h1>Worklist</h1>");
-    let sort_name = match query.sort {
-        Sort::Severity => "severity",
-        Sort::Time => "time",
-    };
     let _ = write!(
         body,
         "<form class=\"filters\" method=\"get\" action=\"/worklist\">{}{}{} <button type=\"submit\" id=\"apply\">Apply</button></form>",
-        select("sort", "Order", sort_name, &[("severity", "most infected first"), ("time", "latest first")]),
+        select("sort", "Order", query.sort.as_str(), &[("severity", "most infected first"), ("time", "latest first")]),
         select(
             "decision",
             "Decision",
