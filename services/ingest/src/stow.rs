@@ -90,7 +90,7 @@ async fn store_one_study(State(state): State<Arc<StowState>>, Path(study): Path<
     }
 }
 
-/// Answers a body that could not be read: over the size limit (413, naming the limit) or
+/// Builds the response to a body that could not be read: over the size limit (413, naming the limit) or
 /// broken off by the client.
 fn body_rejected(state: &StowState, rejection: &BytesRejection) -> Response {
     let status = rejection.status();

@@ -354,7 +354,8 @@ async fn limits_give_clear_errors() {
     assert_eq!(summary.rejected.len(), 3, "{summary:?}");
     for (_, reason) in &summary.rejected {
         assert!(reason.starts_with("too_large"), "{reason}");
-        assert!(reason.contains("512") && reason.contains("256"), "{reason}");
+        assert!(reason.contains("512"), "the size is missing: {reason}");
+        assert!(reason.contains("256"), "the limit is missing: {reason}");
     }
     let instances = servers.read_until(topics::INSTANCES, Duration::from_secs(3), |_| false).await;
     assert!(instances.is_empty(), "{} instance events were published", instances.len());

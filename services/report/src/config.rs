@@ -38,7 +38,7 @@ pub struct ReportConfig {
 }
 
 /// Settings of the web pages. A reader logs in with the bearer token of their hospital
-/// and gets a session cookie; sessions live in the database, so every replica of the
+/// and gets a session cookie. Sessions live in the database, so every replica of the
 /// service accepts them.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
