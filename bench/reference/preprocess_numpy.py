@@ -55,6 +55,8 @@ CLOSING_RADIUS_MM = 10.0
 
 # Side of the square lobe crop, pixels.
 CROP_SIZE = 256
+# Pixel size the crops aim at, mm: coarser boxes are scaled up towards it.
+CROP_PIXEL_MM = 0.7
 # Coarse grid: 32×32 patches of 36 pixels, 8 pixels apart, each reaching 14 pixels before
 # its 8-pixel grid cell and 14 after it.
 COARSE_GRID = 32
@@ -305,11 +307,12 @@ def bounding_box(mask: np.ndarray) -> tuple[slice, slice]:
     return slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1)
 
 
-def crop_to_square(image: np.ndarray, box: tuple[slice, slice], order: int) -> np.ndarray:
+def crop_to_square(image: np.ndarray, box: tuple[slice, slice], order: int, pixel_mm: float) -> np.ndarray:
     """Paste image[box] into the centre of a black CROP_SIZE × CROP_SIZE image.
 
-    A box larger than CROP_SIZE is first scaled by CROP_SIZE / max(rows, columns) with
-    spline order `order` (1 for values, 0 for masks). grid_mode maps pixel centres onto
+    The box is first scaled by min(CROP_SIZE / max(rows, columns), max(1, pixel_mm /
+    CROP_PIXEL_MM)) when that is not 1, with spline order `order` (1 for values, 0 for
+    masks). grid_mode maps pixel centres onto
     pixel centres and mode="nearest" repeats the edge, as the Rust crate samples.
 
     NOTE: scaled crops are close to the Rust ones but not equal. zoom rounds each output
@@ -318,8 +321,8 @@ def crop_to_square(image: np.ndarray, box: tuple[slice, slice], order: int) -> n
     crops are equal.
     """
     part = image[box]
-    scale = CROP_SIZE / max(part.shape)
-    if scale < 1.0:
+    scale = min(CROP_SIZE / max(part.shape), max(1.0, pixel_mm / CROP_PIXEL_MM))
+    if scale != 1.0:
         part = ndimage.zoom(part, scale, order=order, mode="nearest", grid_mode=True)
     out = np.zeros((CROP_SIZE, CROP_SIZE), dtype=image.dtype)
     top = (CROP_SIZE - part.shape[0]) // 2
@@ -347,13 +350,13 @@ def patch_min_distance(mask: np.ndarray) -> np.ndarray:
     return patches
 
 
-def make_lobe(normalised: np.ndarray, k: int, side: str, mask: np.ndarray) -> dict:
+def make_lobe(normalised: np.ndarray, k: int, side: str, mask: np.ndarray, pixel_mm: float) -> dict:
     """Crop one lung of slice k: the previous, this and the next slice (clamped at the
     ends) with this slice's box, the cropped mask, and its coarse patch distances."""
     box = bounding_box(mask)
     neighbours = [max(k - 1, 0), k, min(k + 1, len(normalised) - 1)]
-    channels = np.stack([crop_to_square(normalised[j], box, order=1) for j in neighbours])
-    crop_mask = crop_to_square(mask.astype(np.uint8), box, order=0).astype(bool)
+    channels = np.stack([crop_to_square(normalised[j], box, order=1, pixel_mm=pixel_mm) for j in neighbours])
+    crop_mask = crop_to_square(mask.astype(np.uint8), box, order=0, pixel_mm=pixel_mm).astype(bool)
     return {
         "slice": k,
         "side": side,
@@ -377,7 +380,7 @@ def preprocess(volume: np.ndarray, padding: np.ndarray, spacing_mm: tuple[float,
         lungs = extract_lungs(normalised[k], padding[k], pixel_area_mm2)
         for side in SIDES:
             if side in lungs and lungs[side].any():
-                lobes.append(make_lobe(normalised, k, side, lungs[side]))
+                lobes.append(make_lobe(normalised, k, side, lungs[side], float(np.sqrt(pixel_area_mm2))))
     return median, lobes
 
 

@@ -231,7 +231,7 @@ fn process_slice(volume: &CtVolume, k: usize, median: u16, pixel_area_mm2: f64, 
         let Some(mask) = lungs.side(side) else {
             continue;
         };
-        let Some(crop_box) = CropBox::around(mask) else {
+        let Some(crop_box) = CropBox::around(mask, pixel_area_mm2.sqrt()) else {
             continue;
         };
         result.hu_counts.add(side, volume.slice(k), mask, &crop_box);
