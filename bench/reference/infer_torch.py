@@ -9,8 +9,10 @@ with the same parameter names, so it loads the weights of a lungstream model fil
    concatenated with the encoder's map of that level and merged by a 3×3 convolution.
 3. Patch features: concat(block 3, U-Net output, distance / 32).
 4. Attention head: two 1×1 convolutions and a sigmoid give each patch a weight. The lobe
-   feature is the attention-weighted sum of the patch features divided by the 1024
-   cells, and a linear layer with a sigmoid gives the lobe's probability.
+   feature is the attention-weighted mean of the patch features (the weighted sum over
+   the sum of the weights plus 1e-3), standardised per channel with the saved running
+   mean and variance (eps 1e-5), and a linear layer with a sigmoid gives the lobe's
+   probability.
 5. Diseased network only: the coarse infection head (like the attention head) and the
    fine decoder (up to 64×64 and 128×128 with VGG's block-2 and block-1 maps as skips,
    then a 1×1 convolution and a sigmoid).
@@ -146,6 +148,18 @@ class FineDecoder(nn.Module):
         return torch.sigmoid(self.out(x)).squeeze(1)
 
 
+class FeatureNorm(nn.Module):
+    """Standardises the lobe feature with saved running statistics (inference only)."""
+
+    def __init__(self, features: int):
+        super().__init__()
+        self.register_buffer("running_mean", torch.zeros(features))
+        self.register_buffer("running_var", torch.ones(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.running_mean) / torch.sqrt(self.running_var + 1e-5)
+
+
 class LobeNetwork(nn.Module):
     """One lobe network; `infection_heads` is true for the diseased-vs-healthy network."""
 
@@ -157,6 +171,7 @@ class LobeNetwork(nn.Module):
         self.vgg = Vgg(c1, c2, c3)
         self.vicinity = Vicinity(c3, v0, v1, v2, v3)
         self.attention = Head(features, widths["head"])
+        self.feature_norm = FeatureNorm(features)
         self.classifier = nn.Linear(features, 1)
         if infection_heads:
             self.coarse = Head(features, widths["head"])
@@ -169,7 +184,8 @@ class LobeNetwork(nn.Module):
         block1, block2, block3 = self.vgg(lobes)
         patches = torch.cat([block3, self.vicinity(block3), distance / DISTANCE_SCALE], 1)
         attention = self.attention(patches)
-        pooled = (patches * attention.unsqueeze(1)).sum(dim=(2, 3)) / 1024.0
+        weighted = (patches * attention.unsqueeze(1)).sum(dim=(2, 3))
+        pooled = self.feature_norm(weighted / (attention.sum(dim=(1, 2)).unsqueeze(1) + 1e-3))
         outputs = {"probability": torch.sigmoid(self.classifier(pooled)).squeeze(1), "attention": attention}
         if self.coarse is not None:
             outputs["coarse"] = self.coarse(patches)

@@ -29,8 +29,9 @@ use crate::init::{he_normal, scaled_normal};
 /// are of the same order as the activations (a lung crop is rarely 64 pixels deep).
 pub const DISTANCE_SCALE: f64 = 32.0;
 
-/// Divisor of the attention-weighted sum of patch features: the number of coarse cells.
-pub const POOLED_CELLS: f64 = 1024.0;
+/// Added to the attention weights' sum before it divides the weighted sum of patch
+/// features, so that a lobe whose weights are all near 0 still gets a finite feature.
+pub const ATTENTION_EPSILON: f64 = 1e-3;
 
 /// A variable scope: the `nn::Path` and the dotted name it stands for, which seeds the
 /// deterministic initialisation of each tensor.
@@ -61,7 +62,32 @@ impl<'a> Scope<'a> {
     fn zeros(&self, name: &str, shape: &[i64]) -> Tensor {
         self.path.zeros(name, shape)
     }
+
+    /// A variable that is saved with the weights but not trained: 0 or 1 everywhere.
+    fn statistic(&self, name: &str, shape: &[i64], one: bool) -> Tensor {
+        if one {
+            self.path.ones_no_train(name, shape)
+        } else {
+            self.path.zeros_no_train(name, shape)
+        }
+    }
 }
+
+/// How a network runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Training: the lobe feature is standardised with the batch's statistics, which
+    /// update the running ones.
+    Train,
+    /// Inference: the running statistics are used and left as they are, so each lobe's
+    /// output depends on that lobe alone.
+    Infer,
+}
+
+/// Momentum of the running statistics of the lobe feature (libtorch's default).
+const FEATURE_MOMENTUM: f64 = 0.1;
+/// Added to the variance of the lobe feature before its square root.
+const FEATURE_EPSILON: f64 = 1e-5;
 
 /// A 2-D convolution with bias; `k × k` kernel, "same" padding.
 #[derive(Debug)]
@@ -274,6 +300,8 @@ pub struct LobeNetwork {
     coarse: Option<Head>,
     fine: Option<FineDecoder>,
     attention: Head,
+    feature_mean: Tensor,
+    feature_var: Tensor,
     classifier_weight: Tensor,
     classifier_bias: Tensor,
 }
@@ -283,6 +311,7 @@ impl LobeNetwork {
     pub(crate) fn new(scope: &Scope, config: &NetworkConfig, infection_heads: bool) -> LobeNetwork {
         let features = config.patch_features();
         let classifier = scope.sub("classifier");
+        let norm = scope.sub("feature_norm");
         let std = (1.0 / features as f64).sqrt();
         LobeNetwork {
             config: *config,
@@ -291,6 +320,8 @@ impl LobeNetwork {
             coarse: infection_heads.then(|| Head::new(scope, "coarse", features, config.head)),
             fine: infection_heads.then(|| FineDecoder::new(scope, config)),
             attention: Head::new(scope, "attention", features, config.head),
+            feature_mean: norm.statistic("running_mean", &[features], false),
+            feature_var: norm.statistic("running_var", &[features], true),
             classifier_weight: classifier.normal("weight", &[1, features], std),
             classifier_bias: classifier.zeros("bias", &[1]),
         }
@@ -307,12 +338,12 @@ impl LobeNetwork {
     /// Runs the network. `lobes` is `B × 3 × 256 × 256`, `distance` `B × 1 × 32 × 32` in
     /// crop pixels; both are converted to the parameters' kind and device.
     pub fn forward(&self, lobes: &Tensor, distance: &Tensor) -> LobeOutput {
-        self.forward_parts(lobes, distance, true)
+        self.forward_parts(lobes, distance, true, Mode::Infer)
     }
 
-    /// Like [`LobeNetwork::forward`], but runs the fine decoder only when `fine` is true:
-    /// the first training stage does not use the fine map.
-    pub fn forward_parts(&self, lobes: &Tensor, distance: &Tensor, fine: bool) -> LobeOutput {
+    /// Like [`LobeNetwork::forward`], but runs the fine decoder only when `fine` is true
+    /// (the first training stage does not use the fine map), in the given mode.
+    pub fn forward_parts(&self, lobes: &Tensor, distance: &Tensor, fine: bool, mode: Mode) -> LobeOutput {
         let (kind, device) = (self.classifier_weight.kind(), self.classifier_weight.device());
         let x = lobes.to_device(device).to_kind(kind);
         let distance = (distance.to_device(device).to_kind(kind) / DISTANCE_SCALE).to_kind(kind);
@@ -320,11 +351,21 @@ impl LobeNetwork {
         let vicinity = self.vicinity.forward(&vgg.block3);
         let patches = Tensor::cat(&[vgg.block3.shallow_clone(), vicinity, distance], 1);
         let attention = self.attention.forward(&patches);
-        // **[choice]** The paper sums the weighted patch features. The sum is divided by
-        // the fixed number of cells: the same function with classifier weights 1024 times
-        // larger, but Adam's steps on the classifier stay in proportion. With the plain sum
-        // one step swung the logits by about 10, and training stalled at a constant output.
-        let pooled = (&patches * attention.unsqueeze(1)).sum_dim_intlist([2i64, 3].as_slice(), false, None::<Kind>) / POOLED_CELLS;
+        // **[choice]** The paper sums the weighted patch features. Here the sum is divided
+        // by the sum of the weights: the lobe feature is the attention-weighted mean. With
+        // the plain sum one Adam step swung the logits by about 10; divided by the fixed
+        // 1024 cells, a lesion on a tenth of the cells moved the mean too little, and
+        // training settled on a constant output. Normalised, the feature follows the
+        // patches the attention picks, whatever their number.
+        let weighted = (&patches * attention.unsqueeze(1)).sum_dim_intlist([2i64, 3].as_slice(), false, None::<Kind>);
+        let total = attention.sum_dim_intlist([1i64, 2].as_slice(), false, None::<Kind>).unsqueeze(1);
+        let pooled = weighted / (total + ATTENTION_EPSILON);
+        // **[choice]** The lobe feature is standardised per channel before the classifier
+        // (batch normalisation without scale and shift, which the classifier has). The
+        // differences a lesion makes in the pooled feature are small next to its scale,
+        // and Adam moves each weight by about the learning rate per step, so without
+        // it the classifier needed thousands of steps to separate the classes.
+        let pooled = pooled.batch_norm(None::<&Tensor>, None::<&Tensor>, Some(&self.feature_mean), Some(&self.feature_var), mode == Mode::Train, FEATURE_MOMENTUM, FEATURE_EPSILON, false);
         let probability = pooled.linear(&self.classifier_weight, Some(&self.classifier_bias)).sigmoid().squeeze_dim(1);
         LobeOutput {
             probability,

@@ -58,6 +58,44 @@ fn batch_lobes_are_independent() {
 }
 
 #[test]
+fn feature_statistics_update_only_in_training() {
+    use lungstream_infer::net::Mode;
+    let model = Model::initialised(NetworkConfig::NARROW, 5).unwrap();
+    let (lobes, distance) = inputs(4);
+    let running = |m: &Model| m.named_tensors()["diseased.feature_norm.running_mean"].copy();
+    let before = running(&model);
+    assert_eq!(before.abs().sum(Kind::Float).double_value(&[]), 0.0, "the running mean starts at 0");
+
+    // Inference leaves the statistics alone, so a lobe's output depends on that lobe alone.
+    let _guard = tch::no_grad_guard();
+    let first = model.diseased.forward(&lobes, &distance).probability;
+    assert!(running(&model).equal(&before));
+    let again = model.diseased.forward(&lobes, &distance).probability;
+    assert!(first.equal(&again));
+
+    // Training standardises with the batch and moves the running mean a tenth of the way.
+    let trained = model.diseased.forward_parts(&lobes, &distance, false, Mode::Train).probability;
+    let after = running(&model);
+    assert!(after.abs().sum(Kind::Float).double_value(&[]) > 0.0, "training updated nothing");
+    assert!(!trained.allclose(&first, 1e-6, 1e-6, false), "batch statistics changed nothing");
+    let changed = model.diseased.forward(&lobes, &distance).probability;
+    assert!(!changed.allclose(&first, 1e-6, 1e-6, false), "inference ignores the running statistics");
+    assert!(model.diseased.forward_parts(&lobes, &distance, false, Mode::Infer).probability.equal(&changed));
+}
+
+#[test]
+fn demo_weights_are_trained_and_research_only() {
+    let model = Model::demo().unwrap();
+    let card = model.card();
+    assert_eq!(card.id, "lungstream-demo-narrow-phantom");
+    assert_eq!(card.config, NetworkConfig::NARROW);
+    assert!(card.trained, "the demo weights are marked untrained");
+    assert!(card.research_only, "the demo weights must be marked research only");
+    assert!(card.notes.contains("NOT FOR CLINICAL USE"), "{}", card.notes);
+    assert!(card.trained_on.contains("synthetic"), "{}", card.trained_on);
+}
+
+#[test]
 fn initialisation_is_deterministic() {
     let a = Model::initialised(NetworkConfig::NARROW, 11).unwrap();
     let b = Model::initialised(NetworkConfig::NARROW, 11).unwrap();
