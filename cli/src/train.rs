@@ -52,6 +52,14 @@ pub struct TrainArgs {
     warmup_epochs: usize,
     #[arg(long, default_value_t = 1.0)]
     warmup_patch_weight: f64,
+    /// After this stage 1 epoch, the COVID network's VGG and vicinity layers take the
+    /// diseased network's values, in place of the paper's ImageNet start [default: never].
+    #[arg(long)]
+    share_features_after: Option<usize>,
+    /// The COVID network also trains on each diseased scan's top 30% of lobes by
+    /// P(diseased), the lobes that show disease [default: its own top lobes only].
+    #[arg(long)]
+    covid_on_diseased_top: bool,
     /// Uses at most this many training scans (for quick trials).
     #[arg(long)]
     max_train_scans: Option<usize>,
@@ -193,6 +201,8 @@ pub fn run_train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
     options.slices_per_scan = args.slices_per_scan;
     options.holdout_centres = args.holdout_centres.clone();
     options.max_train_scans = args.max_train_scans;
+    options.share_features_after = args.share_features_after;
+    options.covid_on_diseased_top = args.covid_on_diseased_top;
     options.warmup_epochs = args.warmup_epochs;
     options.warmup_patch_weight = args.warmup_patch_weight;
     let card = CardText {

@@ -47,6 +47,21 @@ pub fn top_indices(probabilities: &[f32]) -> Vec<usize> {
     order
 }
 
+/// Lobes of one diseased scan that the COVID network trains on: its own top 30% by
+/// P(COVID), largest first, then, when `also_diseased` is set, those of the top 30% by
+/// P(diseased) that are not already chosen.
+pub fn covid_picks(p_covid: &[f32], p_diseased: &[f32], also_diseased: bool) -> Vec<usize> {
+    let mut picks = top_indices(p_covid);
+    if also_diseased {
+        for i in top_indices(p_diseased) {
+            if !picks.contains(&i) {
+                picks.push(i);
+            }
+        }
+    }
+    picks
+}
+
 /// Returns whether the concordance loss applies to a scan: healthy and COVID-19 scans only, since
 /// another disease need not show infection.
 pub fn concordance_applies(label: ScanLabel) -> bool {
@@ -182,6 +197,15 @@ mod tests {
     fn top_indices_break_ties_by_order() {
         let p = [0.5; 5];
         assert_eq!(top_indices(&p), vec![0, 1]);
+    }
+
+    #[test]
+    fn covid_picks_add_the_lobes_that_show_disease() {
+        // Ten lobes: 4 taken by each rule, lobes 1 and 2 by both.
+        let p_covid = [0.9f32, 0.8, 0.7, 0.6, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1];
+        let p_diseased = [0.1f32, 0.95, 0.9, 0.1, 0.1, 0.1, 0.1, 0.85, 0.8, 0.1];
+        assert_eq!(covid_picks(&p_covid, &p_diseased, false), vec![0, 1, 2, 3]);
+        assert_eq!(covid_picks(&p_covid, &p_diseased, true), vec![0, 1, 2, 3, 7, 8]);
     }
 
     #[test]

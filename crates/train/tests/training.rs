@@ -58,6 +58,29 @@ fn loss_falls_on_a_repeated_batch() {
 }
 
 #[test]
+fn shared_features_copy_the_extractor_only() {
+    let model = Model::initialised(NetworkConfig::preset("narrow").unwrap(), 7).unwrap();
+    let tensors = |m: &Model| m.named_tensors().into_iter().map(|(k, v)| (k, v.copy())).collect::<std::collections::BTreeMap<_, _>>();
+    let before = tensors(&model);
+    assert!(!before["covid.vgg.conv1_1.weight"].equal(&before["diseased.vgg.conv1_1.weight"]), "the networks start alike");
+    trainer::share_features(&model);
+    let after = tensors(&model);
+    let mut copied = 0;
+    for (name, value) in &after {
+        let shared = name.starts_with("covid.vgg.") || name.starts_with("covid.vicinity.");
+        if shared {
+            let source = name.replacen("covid.", "diseased.", 1);
+            assert!(value.equal(&after[&source]), "{name} differs from {source}");
+            copied += 1;
+        } else {
+            assert!(value.equal(&before[name]), "{name} changed");
+        }
+    }
+    // Seven VGG and ten vicinity layers, each with a weight and a bias.
+    assert_eq!(copied, 2 * (7 + 10));
+}
+
+#[test]
 fn a_run_writes_its_files_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     // Ten patients per label, so that the stratified 81/9/10 split by patient gives each
@@ -76,6 +99,7 @@ fn a_run_writes_its_files_and_resumes() {
     options.max_validation_scans = Some(2);
     options.slices_per_scan = 3;
     options.fine_slices_per_scan = 1;
+    options.share_features_after = Some(1);
     let card = CardText { id: "test-run".into(), trained_on: "phantoms of a test".into(), notes: "Not for use.".into(), research_only: true };
     let run = dir.path().join("run");
     let summary = trainer::train(&manifest, &options, &card, &run, false, &Quiet).unwrap();
@@ -91,6 +115,11 @@ fn a_run_writes_its_files_and_resumes() {
     assert!(model.card().trained);
     assert!(model.card().research_only);
     assert_eq!(model.card().trained_on, "phantoms of a test");
+    // The features were shared after the only stage 1 epoch, and stage 2 trains the fine
+    // decoder alone, so they are still equal.
+    let weights = model.named_tensors();
+    assert!(weights["covid.vgg.conv3_3.weight"].equal(&weights["diseased.vgg.conv3_3.weight"]));
+    assert!(weights["covid.vicinity.merge0.weight"].equal(&weights["diseased.vicinity.merge0.weight"]));
 
     // A changed batch size cannot resume; one more stage 2 epoch can.
     options.scans_per_batch = 3;
