@@ -420,7 +420,7 @@ ENUM_VALUES = {
     "otel.protocol": ["http/protobuf", "http/json"],
     "image.pullPolicy": ["Always", "IfNotPresent", "Never"],
     "infer.device": ["", "auto", "cpu", "cuda"],
-    "infer.network": ["narrow", "full"],
+    "infer.network": ["demo", "narrow", "full"],
     "ingest.dicom.service.type": ["ClusterIP", "NodePort", "LoadBalancer"],
 }
 TENANT_SCHEMA = {

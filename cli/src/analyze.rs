@@ -23,11 +23,12 @@ pub struct AnalyzeArgs {
     /// Folder for report.json, report.html and the overlay images (created if missing).
     #[arg(long, default_value = "lungstream-report")]
     out: PathBuf,
-    /// Model file (safetensors with a model card). Without it the networks get
-    /// deterministic untrained weights, and every output warns about it.
+    /// Model file (safetensors with a model card). Without it (and without --config) the
+    /// bundled demo weights are used: trained on synthetic phantoms, research only.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Widths of the untrained networks used without --model: narrow (default) or full.
+    /// Use deterministic untrained weights of these widths instead: narrow or full.
+    /// Their outputs mean nothing, and every output says so.
     #[arg(long, conflicts_with = "model")]
     config: Option<String>,
     /// Device of the networks: auto (CUDA when available), cpu or cuda.
@@ -63,11 +64,13 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<ExitCode> {
     // Model first: a bad --model should fail before minutes of reading.
     let mut model = match &args.model {
         Some(path) => Model::load(path).with_context(|| format!("cannot use model {}", path.display()))?,
-        None => {
-            let name = args.config.as_deref().unwrap_or("narrow");
-            let config = NetworkConfig::preset(name).with_context(|| format!("unknown configuration {name:?}: expected narrow or full"))?;
-            Model::initialised(config, lungstream_infer::model::DEFAULT_SEED)?
-        }
+        None => match args.config.as_deref() {
+            None => Model::demo()?,
+            Some(name) => {
+                let config = NetworkConfig::preset(name).with_context(|| format!("unknown configuration {name:?}: expected narrow or full"))?;
+                Model::initialised(config, lungstream_infer::model::DEFAULT_SEED)?
+            }
+        },
     };
     let (device, why) = args.device.resolve()?;
     model.to_device(device);
@@ -183,7 +186,13 @@ fn device_name(device: tch::Device) -> String {
 }
 
 fn print_summary(r: &Report, out: &std::path::Path) {
-    let untrained = if r.model.trained { "" } else { "  [UNTRAINED MODEL: meaningless]" };
+    let untrained = if !r.model.trained {
+        "  [UNTRAINED MODEL: meaningless]"
+    } else if r.model.research_only {
+        "  [RESEARCH ONLY: not for clinical use]"
+    } else {
+        ""
+    };
     println!(
         "series: {} slices ({} with lungs), {:.2} mm apart; lungs {:.0} mL",
         r.series.slices, r.series.slices_with_lungs, r.series.spacing_mm[0], r.series.lung_volume_ml.total

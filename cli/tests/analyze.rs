@@ -65,12 +65,14 @@ fn analyze_real_series_report() {
     assert!((1000.0..6000.0).contains(&report.series.lung_volume_ml.total), "{} mL of lung", report.series.lung_volume_ml.total);
     assert_eq!(report.series.patient_key.len(), 64);
 
-    // Untrained default weights: the report, the page and the summary warn about them.
-    assert!(!report.model.trained);
-    assert_eq!(report.model.id, "ghavami2020-narrow-init");
+    // The bundled demo weights by default: trained on phantoms, and every output says
+    // that they are for research only.
+    assert!(report.model.trained);
+    assert!(report.model.research_only);
+    assert_eq!(report.model.id, "lungstream-demo-narrow-phantom");
     assert_eq!(report.model.device, "cpu");
-    assert!(report.warnings.iter().any(|w| w.contains("untrained")), "{:?}", report.warnings);
-    assert!(stdout.contains("UNTRAINED MODEL: meaningless"), "{stdout}");
+    assert!(report.warnings.iter().any(|w| w.contains("not for clinical use")), "{:?}", report.warnings);
+    assert!(stdout.contains("RESEARCH ONLY: not for clinical use"), "{stdout}");
     assert!(stderr.contains("Networks placed."), "{stderr}");
     assert!(stderr.contains("auto: libtorch finds no CUDA device"), "{stderr}");
 
@@ -111,7 +113,7 @@ fn analyze_real_series_report() {
     assert_eq!(html.matches("src=\"data:image/png;base64,").count(), 4);
     assert!(!html.contains("http://"));
     assert!(!html.contains("https://"));
-    assert!(html.contains("untrained model: meaningless"));
+    assert!(html.contains("not for clinical use"));
     assert!(html.contains(report.decision.describe()));
 
     // No patient identifier anywhere.

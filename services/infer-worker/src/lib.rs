@@ -47,10 +47,11 @@ pub struct InferServiceConfig {
     pub store_options: std::collections::BTreeMap<String, String>,
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     pub http_listen: SocketAddr,
-    /// Model file (safetensors with a model card). Without it the networks get the
-    /// deterministic untrained weights of `network`, and every report warns about it.
+    /// Model file (safetensors with a model card). Without it, `network` decides.
     pub model: Option<PathBuf>,
-    /// Widths of the untrained networks used without `model`: `narrow` or `full`.
+    /// Used without `model`: `demo` (the default) for the bundled demo weights, trained
+    /// on synthetic phantoms and marked research only; `narrow` or `full` for
+    /// deterministic untrained weights of those widths, whose outputs mean nothing.
     pub network: String,
     /// `auto` (CUDA when libtorch finds a device), `cpu` or `cuda`.
     pub device: String,
@@ -77,7 +78,7 @@ impl Default for InferServiceConfig {
             store_options: std::collections::BTreeMap::new(),
             http_listen: "127.0.0.1:8084".parse().expect("a valid address"),
             model: None,
-            network: "narrow".into(),
+            network: "demo".into(),
             device: "auto".into(),
             batch: DEFAULT_BATCH,
             threads: 0,
@@ -98,8 +99,9 @@ impl Default for InferServiceConfig {
 pub fn load_model(config: &InferServiceConfig) -> anyhow::Result<(Model, ModelSummary)> {
     let mut model = match &config.model {
         Some(path) => Model::load(path).map_err(|e| anyhow::anyhow!("cannot use model {}: {e}", path.display()))?,
+        None if config.network == "demo" => Model::demo()?,
         None => {
-            let network = NetworkConfig::preset(&config.network).ok_or_else(|| anyhow::anyhow!("unknown network {:?}: expected narrow or full", config.network))?;
+            let network = NetworkConfig::preset(&config.network).ok_or_else(|| anyhow::anyhow!("unknown network {:?}: expected demo, narrow or full", config.network))?;
             Model::initialised(network, lungstream_infer::model::DEFAULT_SEED)?
         }
     };

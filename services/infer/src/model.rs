@@ -19,8 +19,17 @@ use tch::{Device, Kind, Tensor};
 use crate::config::NetworkConfig;
 use crate::net::{LobeNetwork, Scope};
 
-/// Format name written into every model file; loading rejects others.
-pub const MODEL_FORMAT: &str = "lungstream-model-v1";
+/// Format name written into every model file; loading rejects others. Version 2 added
+/// the running statistics of the lobe feature and pools it as an attention-weighted
+/// mean, so version 1 weights would compute something else.
+pub const MODEL_FORMAT: &str = "lungstream-model-v2";
+
+/// The demo weights shipped in the binary: the narrow networks trained on synthetic
+/// phantoms by `scripts/train-demo.sh`, marked research only (see `models/README.md`).
+pub const DEMO_WEIGHTS: &[u8] = include_bytes!("../../../models/demo-narrow-phantom.safetensors");
+
+/// Name of the shipped demo weights where a model file's path would go.
+pub const DEMO_NAME: &str = "bundled demo weights (models/demo-narrow-phantom.safetensors)";
 
 /// Model files larger than this are refused before they are read (the full
 /// configuration's weights take about 60 MB).
@@ -141,6 +150,15 @@ impl Model {
         let mut model = Model::build(card, seed);
         model.card.version = weights_version(&model.named_tensors())?;
         Ok(model)
+    }
+
+    /// Loads the demo weights shipped in the binary ([`DEMO_WEIGHTS`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Model::from_bytes`]; a binary built from this repository loads them.
+    pub fn demo() -> Result<Model, ModelError> {
+        Model::from_bytes(DEMO_WEIGHTS, DEMO_NAME)
     }
 
     fn build(card: ModelCard, seed: u64) -> Model {
