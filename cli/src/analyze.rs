@@ -28,7 +28,7 @@ pub struct AnalyzeArgs {
     #[arg(long)]
     model: Option<PathBuf>,
     /// Use deterministic untrained weights of these widths instead: narrow or full.
-    /// Their outputs mean nothing, and every output says so.
+    /// Their outputs mean nothing, and every output warns about it.
     #[arg(long, conflicts_with = "model")]
     config: Option<String>,
     /// Device of the networks: auto (CUDA when available), cpu or cuda.

@@ -65,8 +65,8 @@ fn analyze_real_series_report() {
     assert!((1000.0..6000.0).contains(&report.series.lung_volume_ml.total), "{} mL of lung", report.series.lung_volume_ml.total);
     assert_eq!(report.series.patient_key.len(), 64);
 
-    // The bundled demo weights by default: trained on phantoms, and every output says
-    // that they are for research only.
+    // The bundled demo weights are the default. They are trained on phantoms, and every
+    // output warns that they are for research only.
     assert!(report.model.trained);
     assert!(report.model.research_only);
     assert_eq!(report.model.id, "lungstream-demo-narrow-phantom");

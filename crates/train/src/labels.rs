@@ -47,9 +47,9 @@ pub fn top_indices(probabilities: &[f32]) -> Vec<usize> {
     order
 }
 
-/// Lobes of one diseased scan that the COVID network trains on: its own top 30% by
-/// P(COVID), largest first, then, when `also_diseased` is set, those of the top 30% by
-/// P(diseased) that are not already chosen.
+/// Returns the lobes of one diseased scan that the COVID network trains on. These are its
+/// own top 30% by P(COVID), largest first. When `also_diseased` is set, the top 30% by
+/// P(diseased) that are not already chosen follow.
 pub fn covid_picks(p_covid: &[f32], p_diseased: &[f32], also_diseased: bool) -> Vec<usize> {
     let mut picks = top_indices(p_covid);
     if also_diseased {
@@ -200,7 +200,7 @@ mod tests {
     }
 
     #[test]
-    fn covid_picks_add_the_lobes_that_show_disease() {
+    fn covid_picks_add_diseased_top() {
         // Ten lobes: 4 taken by each rule, lobes 1 and 2 by both.
         let p_covid = [0.9f32, 0.8, 0.7, 0.6, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1];
         let p_diseased = [0.1f32, 0.95, 0.9, 0.1, 0.1, 0.1, 0.1, 0.85, 0.8, 0.1];

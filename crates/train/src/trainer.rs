@@ -65,18 +65,17 @@ pub struct TrainOptions {
     pub warmup_patch_weight: f64,
     /// After this stage 1 epoch, the COVID network's VGG and vicinity layers take the
     /// diseased network's values ([`share_features`]). **[choice]** In the paper both
-    /// networks start from ImageNet VGG-16. Here the COVID network, trained from scratch
-    /// on the top lobes of diseased scans only, kept a loss of 0.69 (chance) for 5 epochs
-    /// while the diseased network learned; features that the warm-up has taught
-    /// infection-like texture give it the start ImageNet weights would. `None` follows
-    /// the paper.
+    /// networks start from ImageNet VGG-16. Trained from scratch on the top lobes of
+    /// diseased scans only, the COVID network kept a loss of 0.69 (chance) for 5 epochs
+    /// while the diseased network learned. The warmed-up features of the diseased network
+    /// give it a start in place of ImageNet weights. `None` follows the paper.
     #[serde(default)]
     pub share_features_after: Option<usize>,
     /// The COVID network also trains on the top 30% of each diseased scan's lobes by
-    /// P(diseased), besides its own top 30% by P(COVID). **[choice]** The method says
-    /// "by predicted probability"; the lobes that show disease are those where COVID-19
-    /// and other disease differ, while the COVID network's own top lobes are mostly
-    /// healthy-looking lobes until it has learned. `false` uses its own top lobes only.
+    /// P(diseased), besides its own top 30% by P(COVID). **[choice]** The method only
+    /// states "by predicted probability". COVID-19 and other disease differ on the lobes
+    /// that show disease, while the COVID network's own top lobes are mostly
+    /// healthy-looking until it has learned. `false` uses its own top lobes only.
     #[serde(default)]
     pub covid_on_diseased_top: bool,
     /// Uses at most this many training scans (quick runs and tests).

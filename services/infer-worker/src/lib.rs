@@ -49,9 +49,10 @@ pub struct InferServiceConfig {
     pub http_listen: SocketAddr,
     /// Model file (safetensors with a model card). Without it, `network` decides.
     pub model: Option<PathBuf>,
-    /// Used without `model`: `demo` (the default) for the bundled demo weights, trained
-    /// on synthetic phantoms and marked research only; `narrow` or `full` for
-    /// deterministic untrained weights of those widths, whose outputs mean nothing.
+    /// Weights used without `model`. `demo` (the default) selects the bundled demo
+    /// weights, trained on synthetic phantoms and marked research only. `narrow` or
+    /// `full` select deterministic untrained weights of those widths, whose outputs mean
+    /// nothing.
     pub network: String,
     /// `auto` (CUDA when libtorch finds a device), `cpu` or `cuda`.
     pub device: String,

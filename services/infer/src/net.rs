@@ -63,7 +63,8 @@ impl<'a> Scope<'a> {
         self.path.zeros(name, shape)
     }
 
-    /// A variable that is saved with the weights but not trained: 0 or 1 everywhere.
+    /// Creates a variable that is saved with the weights but not trained, filled with 0
+    /// or 1.
     fn statistic(&self, name: &str, shape: &[i64], one: bool) -> Tensor {
         if one {
             self.path.ones_no_train(name, shape)
@@ -73,7 +74,7 @@ impl<'a> Scope<'a> {
     }
 }
 
-/// How a network runs.
+/// Execution mode of a network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// Training: the lobe feature is standardised with the batch's statistics, which
@@ -352,11 +353,10 @@ impl LobeNetwork {
         let patches = Tensor::cat(&[vgg.block3.shallow_clone(), vicinity, distance], 1);
         let attention = self.attention.forward(&patches);
         // **[choice]** The paper sums the weighted patch features. Here the sum is divided
-        // by the sum of the weights: the lobe feature is the attention-weighted mean. With
-        // the plain sum one Adam step swung the logits by about 10; divided by the fixed
-        // 1024 cells, a lesion on a tenth of the cells moved the mean too little, and
-        // training settled on a constant output. Normalised, the feature follows the
-        // patches the attention picks, whatever their number.
+        // by the sum of the weights, so the lobe feature is the attention-weighted mean.
+        // With the plain sum, one Adam step swung the logits by about 10. Divided by the
+        // fixed 1024 cells, a lesion on a tenth of the cells moved the mean too little, and
+        // training settled on a constant output.
         let weighted = (&patches * attention.unsqueeze(1)).sum_dim_intlist([2i64, 3].as_slice(), false, None::<Kind>);
         let total = attention.sum_dim_intlist([1i64, 2].as_slice(), false, None::<Kind>).unsqueeze(1);
         let pooled = weighted / (total + ATTENTION_EPSILON);

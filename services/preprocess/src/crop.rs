@@ -18,7 +18,7 @@ pub const CROP_SIZE: usize = 256;
 /// paper's scans. Such boxes are scaled up towards this pixel size (never past 256
 /// pixels), so a lesion covers about the same number of patches whatever the scanner's
 /// field of view and matrix. Scans with pixels of this size or finer are cropped as the
-/// method says.
+/// method specifies.
 pub const CROP_PIXEL_MM: f64 = 0.7;
 
 /// Source box of a crop in the canonical slice, and its scale and placement.
