@@ -32,6 +32,10 @@ pub struct TrainArgs {
     /// Stage 1 learning rate (Adam); the paper's is 1e-4.
     #[arg(long, default_value_t = 1e-4)]
     learning_rate: f64,
+    /// Stage 1 learning rate at the last epoch, reached along half a cosine
+    /// [default: constant --learning-rate].
+    #[arg(long)]
+    final_learning_rate: Option<f64>,
     /// Stage 2 learning rate; the paper's is 1e-5.
     #[arg(long, default_value_t = 1e-5)]
     fine_learning_rate: f64,
@@ -196,6 +200,7 @@ pub fn run_train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
     let mut options = TrainOptions::paper(config, args.epochs, args.fine_epochs);
     options.seed = args.seed;
     options.learning_rate = args.learning_rate;
+    options.final_learning_rate = args.final_learning_rate;
     options.fine_learning_rate = args.fine_learning_rate;
     options.scans_per_batch = args.scans_per_batch;
     options.slices_per_scan = args.slices_per_scan;
