@@ -39,9 +39,10 @@ pub struct TrainArgs {
     /// Stage 2 learning rate; the paper's is 1e-5.
     #[arg(long, default_value_t = 1e-5)]
     fine_learning_rate: f64,
-    /// Scans per stage 1 batch, and slices per scan.
+    /// Scans per stage 1 batch.
     #[arg(long, default_value_t = 6)]
     scans_per_batch: usize,
+    /// Evenly spaced slices each scan gives to a stage 1 batch.
     #[arg(long, default_value_t = 10)]
     slices_per_scan: usize,
     /// Centres kept out of training, validation and test (comma-separated).
@@ -51,9 +52,10 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = lungstream_infer::model::DEFAULT_SEED)]
     seed: u64,
     /// Stage 1 epochs whose patch loss weighs --warmup-patch-weight instead of the
-    /// paper's 0.01, to start the features without ImageNet weights [default: 0].
+    /// paper's 0.01, to start the features without ImageNet weights.
     #[arg(long, default_value_t = 0)]
     warmup_epochs: usize,
+    /// Weight of the patch loss during the warm-up epochs.
     #[arg(long, default_value_t = 1.0)]
     warmup_patch_weight: f64,
     /// After this stage 1 epoch, the COVID network's VGG and vicinity layers take the
@@ -70,11 +72,13 @@ pub struct TrainArgs {
     /// Continue the run in --out from its last finished epoch.
     #[arg(long)]
     resume: bool,
-    /// Model card: id, what the weights were trained on, and notes.
+    /// Model card id [default: ghavami2020-CONFIG-trained].
     #[arg(long)]
     model_id: Option<String>,
+    /// Model card: what the weights were trained on.
     #[arg(long, default_value = "")]
     trained_on: String,
+    /// Model card notes; the stage and epoch of the kept weights are appended.
     #[arg(long, default_value = "")]
     notes: String,
     /// Mark the weights as not for use on patients (every report made with them warns).

@@ -143,6 +143,57 @@ pub enum TrainError {
     Resume(String),
     #[error("invalid options: {0}")]
     Options(String),
+    #[error("the loss is not a number at stage {stage}, epoch {epoch}, batch {batch}: training diverged; try a lower --learning-rate (the last checkpoint is kept)")]
+    Diverged { stage: u8, epoch: usize, batch: usize },
+}
+
+/// Checks the numbers a run needs before any work starts.
+fn check_options(options: &TrainOptions) -> Result<(), TrainError> {
+    let positive = |name: &str, value: f64, example: &str| {
+        if value.is_finite() && value > 0.0 {
+            Ok(())
+        } else {
+            Err(TrainError::Options(format!("invalid {name} {value}: it must be a positive number such as {example}")))
+        }
+    };
+    positive("learning rate", options.learning_rate, "1e-4")?;
+    positive("fine learning rate", options.fine_learning_rate, "1e-5")?;
+    if let Some(rate) = options.final_learning_rate {
+        positive("final learning rate", rate, "1e-5")?;
+        if rate > options.learning_rate {
+            return Err(TrainError::Options(format!("invalid final learning rate {rate}: the rate falls to it, so it must not exceed the learning rate {}", options.learning_rate)));
+        }
+    }
+    if !(options.warmup_patch_weight.is_finite() && options.warmup_patch_weight >= 0.0) {
+        return Err(TrainError::Options(format!("invalid warm-up patch weight {}: it must be 0 or a positive number such as 1", options.warmup_patch_weight)));
+    }
+    if options.epochs == 0 {
+        return Err(TrainError::Options("stage 1 needs at least 1 epoch (--epochs)".into()));
+    }
+    Ok(())
+}
+
+/// Names the options that differ between a run's stored options and the new ones, with
+/// both values, ignoring the epoch counts.
+fn changed_options(stored: &TrainOptions, new: &TrainOptions) -> Vec<String> {
+    let json = |o: &TrainOptions| match serde_json::to_value(TrainOptions { epochs: 0, fine_epochs: 0, ..o.clone() }) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    let (before, after) = (json(stored), json(new));
+    let mut keys: Vec<&String> = before.keys().chain(after.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| before.get(*k) != after.get(*k))
+        .map(|k| {
+            let show = |v: Option<&serde_json::Value>| match v {
+                None | Some(serde_json::Value::Null) => "unset".to_string(),
+                Some(value) => value.to_string(),
+            };
+            format!("{k} was {}, now {}", show(before.get(k)), show(after.get(k)))
+        })
+        .collect()
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
@@ -188,6 +239,9 @@ impl TrainingScan {
 ///
 /// The reader's or the preprocessing's message with its reason code.
 pub fn load_series(path: &Path) -> Result<PreprocessedSeries, String> {
+    if !path.is_dir() {
+        return Err(format!("series folder not found: {}", path.display()));
+    }
     let reader = ReaderConfig::default();
     let mut inventory = Inventory::scan(&[path.to_path_buf()], &reader);
     let volume = inventory.load_selected(&reader).map_err(|e| format!("{e} (reason code {})", e.reason()))?;
@@ -538,10 +592,11 @@ pub fn train(manifest: &Manifest, options: &TrainOptions, card: &CardText, run_d
     if options.scans_per_batch == 0 || options.slices_per_scan == 0 || options.fine_scans_per_batch == 0 || options.fine_slices_per_scan == 0 {
         return Err(TrainError::Options("batch sizes and slices per scan must be at least 1".into()));
     }
-    if let Some(rate) = options.final_learning_rate {
-        if !(rate.is_finite() && rate > 0.0) {
-            return Err(TrainError::Options(format!("invalid final learning rate {rate}: it must be a positive number such as 1e-5")));
-        }
+    check_options(options)?;
+    let centres: std::collections::BTreeSet<&str> = manifest.entries.iter().map(|e| e.centre.as_str()).collect();
+    let unknown: Vec<&String> = options.holdout_centres.iter().filter(|c| !centres.contains(c.as_str())).collect();
+    if !unknown.is_empty() {
+        return Err(TrainError::Options(format!("hold-out centres not in the manifest: {unknown:?}. Its centres are {centres:?}")));
     }
     options.config.validate().map_err(TrainError::Options)?;
     fs::create_dir_all(run_dir).map_err(io_error(run_dir))?;
@@ -552,9 +607,9 @@ pub fn train(manifest: &Manifest, options: &TrainOptions, card: &CardText, run_d
         let text = fs::read_to_string(&state_path).map_err(|e| TrainError::Resume(format!("{}: {e}", state_path.display())))?;
         let state: RunState = serde_json::from_str(&text).map_err(|e| TrainError::Resume(format!("{}: {e}", state_path.display())))?;
         // More (or fewer) epochs may be asked for; anything else must match.
-        let comparable = |o: &TrainOptions| serde_json::to_value(TrainOptions { epochs: 0, fine_epochs: 0, ..o.clone() }).ok();
-        if comparable(&state.options) != comparable(options) {
-            return Err(TrainError::Resume("the options differ from those the run started with (only the epoch counts may change)".into()));
+        let changed = changed_options(&state.options, options);
+        if !changed.is_empty() {
+            return Err(TrainError::Resume(format!("the options differ from those the run started with: {}. Only the epoch counts may change; start a new run in another folder otherwise", changed.join("; "))));
         }
         if state.stage == 2 && options.epochs > state.options.epochs {
             return Err(TrainError::Resume("stage 1 is finished: more stage 1 epochs need a new run".into()));
@@ -566,6 +621,9 @@ pub fn train(manifest: &Manifest, options: &TrainOptions, card: &CardText, run_d
 
     // The split, written as manifests so that `evaluate` can take the test part.
     let parts = split(&manifest.entries, &options.holdout_centres, options.seed);
+    if !parts.contains(&Split::Test) {
+        tracing::warn!(scans = manifest.entries.len(), "The test split is empty: the manifest has too few patients per label for a 10% test part.");
+    }
     let pick = |wanted: Split| Manifest { entries: manifest.entries.iter().zip(&parts).filter(|(_, p)| **p == wanted).map(|(e, _)| e.clone()).collect() };
     let (mut train_part, mut validation_part) = (pick(Split::Train), pick(Split::Validation));
     for (name, part) in [("train.csv", &train_part), ("validation.csv", &validation_part), ("test.csv", &pick(Split::Test)), ("heldout.csv", &pick(Split::HeldOutCentre))] {
@@ -627,6 +685,9 @@ pub fn train(manifest: &Manifest, options: &TrainOptions, card: &CardText, run_d
                 let refs: Vec<&SampledLobes> = samples.iter().collect();
                 let patch_weight = if epoch <= options.warmup_epochs { options.warmup_patch_weight } else { PATCH_WEIGHT };
                 let (loss, values) = stage1_loss(&model, &refs, patch_weight, options.covid_on_diseased_top);
+                if !values.total.is_finite() {
+                    return Err(TrainError::Diverged { stage: 1, epoch, batch: b + 1 });
+                }
                 optimiser.backward_step(&loss);
                 sum.add(&values);
                 progress.batch(1, epoch, b + 1, &values);
@@ -685,6 +746,9 @@ pub fn train(manifest: &Manifest, options: &TrainOptions, card: &CardText, run_d
                     continue;
                 }
                 let (loss, values) = stage2_loss(&model, &samples);
+                if !values.total.is_finite() {
+                    return Err(TrainError::Diverged { stage: 2, epoch, batch: b + 1 });
+                }
                 optimiser.backward_step(&loss);
                 sum.add(&values);
                 progress.batch(2, epoch, b + 1, &values);
@@ -875,6 +939,60 @@ mod tests {
             assert!(matches!(result, Err(TrainError::Options(ref m)) if m.contains("invalid final learning rate")), "{rate}: {:?}", result.err());
             assert!(!run.exists(), "the run folder was created");
         }
+    }
+
+    #[test]
+    fn options_check_rejects_bad_numbers() {
+        let invalid = |change: &dyn Fn(&mut TrainOptions), expected: &str| {
+            let mut candidate = options(3, Some(1e-5));
+            change(&mut candidate);
+            match check_options(&candidate) {
+                Err(TrainError::Options(message)) => assert!(message.contains(expected), "{message}"),
+                other => panic!("expected an error with {expected:?}, got {other:?}"),
+            }
+        };
+        invalid(&|o| o.learning_rate = f64::NAN, "invalid learning rate");
+        invalid(&|o| o.learning_rate = -1.0, "invalid learning rate");
+        invalid(&|o| o.fine_learning_rate = 0.0, "invalid fine learning rate");
+        invalid(&|o| o.final_learning_rate = Some(1e-2), "must not exceed the learning rate");
+        invalid(&|o| o.warmup_patch_weight = f64::NAN, "invalid warm-up patch weight");
+        invalid(&|o| o.epochs = 0, "at least 1 epoch");
+        assert!(check_options(&options(3, Some(1e-3))).is_ok(), "a final rate equal to the start is a constant rate");
+    }
+
+    #[test]
+    fn changed_options_name_both_values() {
+        let stored = options(3, None);
+        let mut new = options(9, Some(1e-5));
+        new.covid_on_diseased_top = true;
+        let changed = changed_options(&stored, &new);
+        assert_eq!(changed, vec!["covid_on_diseased_top was false, now true".to_string(), "final_learning_rate was unset, now 0.00001".to_string()]);
+        assert!(changed_options(&stored, &options(7, None)).is_empty(), "the epoch counts may change");
+    }
+
+    #[test]
+    fn unknown_holdout_centre_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = ManifestEntry { series: dir.path().join("a"), label: ScanLabel::Healthy, centre: "north".into(), patient_id: "p1".into(), infected_percent: None };
+        let mut holdout = options(1, None);
+        holdout.holdout_centres = vec!["nrth".into()];
+        let run = dir.path().join("run");
+        let result = train(&Manifest { entries: vec![entry] }, &holdout, &CardText::default(), &run, false, &NoProgress);
+        assert!(!run.exists(), "the run folder was created");
+        match result {
+            Err(TrainError::Options(message)) => {
+                assert!(message.contains("\"nrth\""), "{message}");
+                assert!(message.contains("\"north\""), "{message}");
+            }
+            other => panic!("expected an options error, got {:?}", other.err()),
+        }
+    }
+
+    #[test]
+    fn missing_series_folder_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let reason = load_series(&dir.path().join("absent")).err().unwrap();
+        assert!(reason.starts_with("series folder not found"), "{reason}");
     }
 
     struct NoProgress;
