@@ -555,6 +555,16 @@ pub trait Progress: Sync {
     fn loading(&self, done: usize, total: usize);
 }
 
+/// A [`Progress`] that reports nothing, for tests and callers without a display.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn stage(&self, _: u8, _: usize, _: usize) {}
+    fn batch(&self, _: u8, _: usize, _: usize, _: &LossValues) {}
+    fn epoch(&self, _: &EpochRecord) {}
+    fn loading(&self, _: usize, _: usize) {}
+}
+
 /// State written after every epoch so that a run can resume.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct RunState {
@@ -995,12 +1005,4 @@ mod tests {
         assert!(reason.starts_with("series folder not found"), "{reason}");
     }
 
-    struct NoProgress;
-
-    impl Progress for NoProgress {
-        fn stage(&self, _: u8, _: usize, _: usize) {}
-        fn batch(&self, _: u8, _: usize, _: usize, _: &LossValues) {}
-        fn epoch(&self, _: &EpochRecord) {}
-        fn loading(&self, _: usize, _: usize) {}
-    }
 }

@@ -143,14 +143,20 @@ fn bilinear(image: &Image<u16>, row: f64, column: f64) -> f64 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn small_box_is_centred_unscaled() {
-        let mut mask = Mask::filled(300, 300, false);
-        for r in 100..150 {
-            for c in 20..120 {
+    /// Returns a `size`×`size` mask that is set inside the given rows and columns.
+    fn rectangle(size: usize, rows: std::ops::Range<usize>, columns: std::ops::Range<usize>) -> Mask {
+        let mut mask = Mask::filled(size, size, false);
+        for r in rows {
+            for c in columns.clone() {
                 mask.set(r, c, true);
             }
         }
+        mask
+    }
+
+    #[test]
+    fn small_box_is_centred_unscaled() {
+        let mask = rectangle(300, 100..150, 20..120);
         let crop = CropBox::around(&mask, CROP_PIXEL_MM).unwrap();
         assert_eq!((crop.row, crop.column, crop.rows, crop.columns), (100, 20, 50, 100));
         assert_eq!(crop.scale, 1.0);
@@ -174,12 +180,7 @@ mod tests {
     #[test]
     fn large_box_is_scaled_to_fit() {
         // A 400×200 box scales by 256/400 = 0.64 to 256×128.
-        let mut mask = Mask::filled(500, 500, false);
-        for r in 50..450 {
-            for c in 100..300 {
-                mask.set(r, c, true);
-            }
-        }
+        let mask = rectangle(500, 50..450, 100..300);
         let crop = CropBox::around(&mask, CROP_PIXEL_MM).unwrap();
         assert_eq!(crop.scale, 0.64);
         assert_eq!((crop.pasted_rows, crop.pasted_columns), (256, 128));
@@ -194,12 +195,7 @@ mod tests {
     #[test]
     fn coarse_pixels_are_scaled_up() {
         // 1.4 mm pixels scale by 2 towards 0.7 mm: a 50×80 box becomes 100×160.
-        let mut mask = Mask::filled(300, 300, false);
-        for r in 100..150 {
-            for c in 20..100 {
-                mask.set(r, c, true);
-            }
-        }
+        let mask = rectangle(300, 100..150, 20..100);
         let crop = CropBox::around(&mask, 2.0 * CROP_PIXEL_MM).unwrap();
         assert_eq!(crop.scale, 2.0);
         assert_eq!((crop.pasted_rows, crop.pasted_columns), (100, 160));
