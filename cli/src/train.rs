@@ -78,7 +78,7 @@ pub struct TrainArgs {
     /// Model card: what the weights were trained on.
     #[arg(long, default_value = "")]
     trained_on: String,
-    /// Model card notes; the stage and epoch of the kept weights are appended.
+    /// Model card notes. The stage and epoch of the kept weights are appended to them.
     #[arg(long, default_value = "")]
     notes: String,
     /// Mark the weights as not for use on patients (every report made with them warns).

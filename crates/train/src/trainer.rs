@@ -143,7 +143,7 @@ pub enum TrainError {
     Resume(String),
     #[error("invalid options: {0}")]
     Options(String),
-    #[error("the loss is not a number at stage {stage}, epoch {epoch}, batch {batch}: training diverged; try a lower --learning-rate (the last checkpoint is kept)")]
+    #[error("training diverged at stage {stage}, epoch {epoch}, batch {batch}: the loss is not a number. Try a lower --learning-rate. The checkpoint of the last finished epoch is kept")]
     Diverged { stage: u8, epoch: usize, batch: usize },
 }
 
@@ -619,7 +619,7 @@ pub fn train(manifest: &Manifest, options: &TrainOptions, card: &CardText, run_d
         // More (or fewer) epochs may be asked for; anything else must match.
         let changed = changed_options(&state.options, options);
         if !changed.is_empty() {
-            return Err(TrainError::Resume(format!("the options differ from those the run started with: {}. Only the epoch counts may change; start a new run in another folder otherwise", changed.join("; "))));
+            return Err(TrainError::Resume(format!("the options differ from those the run started with: {}. Only the epoch counts may change, so start a new run in another folder to change the others", changed.join("; "))));
         }
         if state.stage == 2 && options.epochs > state.options.epochs {
             return Err(TrainError::Resume("stage 1 is finished: more stage 1 epochs need a new run".into()));
@@ -632,7 +632,7 @@ pub fn train(manifest: &Manifest, options: &TrainOptions, card: &CardText, run_d
     // The split, written as manifests so that `evaluate` can take the test part.
     let parts = split(&manifest.entries, &options.holdout_centres, options.seed);
     if !parts.contains(&Split::Test) {
-        tracing::warn!(scans = manifest.entries.len(), "The test split is empty: the manifest has too few patients per label for a 10% test part.");
+        tracing::warn!(scans = manifest.entries.len(), "The test split is empty because the manifest has too few patients per label outside the hold-out centres. `evaluate` gets no test manifest from this run.");
     }
     let pick = |wanted: Split| Manifest { entries: manifest.entries.iter().zip(&parts).filter(|(_, p)| **p == wanted).map(|(e, _)| e.clone()).collect() };
     let (mut train_part, mut validation_part) = (pick(Split::Train), pick(Split::Validation));
@@ -933,7 +933,7 @@ mod tests {
     }
 
     #[test]
-    fn learning_rate_stays_constant_without_a_final_rate() {
+    fn constant_rate_without_final_rate() {
         let constant = options(5, None);
         assert!((1..=5).all(|e| stage1_learning_rate(&constant, e) == 1e-3));
         // A single epoch uses the starting rate.
@@ -941,7 +941,7 @@ mod tests {
     }
 
     #[test]
-    fn final_rate_rejects_bad_values() {
+    fn bad_final_rates_are_rejected() {
         let dir = tempfile::tempdir().unwrap();
         for rate in [0.0, -1e-4, f64::NAN] {
             let run = dir.path().join("run");
@@ -952,7 +952,7 @@ mod tests {
     }
 
     #[test]
-    fn options_check_rejects_bad_numbers() {
+    fn check_options_rejects_bad_numbers() {
         let invalid = |change: &dyn Fn(&mut TrainOptions), expected: &str| {
             let mut candidate = options(3, Some(1e-5));
             change(&mut candidate);
@@ -999,7 +999,7 @@ mod tests {
     }
 
     #[test]
-    fn missing_series_folder_says_so() {
+    fn missing_series_folder_is_reported() {
         let dir = tempfile::tempdir().unwrap();
         let reason = load_series(&dir.path().join("absent")).err().unwrap();
         assert!(reason.starts_with("series folder not found"), "{reason}");
