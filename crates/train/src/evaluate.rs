@@ -38,6 +38,8 @@ pub fn run(model: &Model, manifest: &Manifest, batch: usize, progress: &dyn Fn(u
                     p_covid: result.p_covid,
                     infected_percent: result.infected_percent_total(),
                     truth_infected_percent: entry.infected_percent,
+                    hu_infected_percent: series.facts.model_free.total.infected_percent,
+                    band_percent: series.facts.model_free.total.band_percent,
                 });
             }
             Err(reason) => {
@@ -59,7 +61,7 @@ pub fn run(model: &Model, manifest: &Manifest, batch: usize, progress: &dyn Fn(u
 pub fn write(out: &Path, outcomes: &[ScanOutcome], unreadable: &Unreadable, model: &Model) -> Result<Evaluation, TrainError> {
     let io = |path: &Path| {
         let path = path.display().to_string();
-        move |source| TrainError::Io { path, source }
+        move |error| TrainError::Io { path, error }
     };
     fs::create_dir_all(out).map_err(io(out))?;
     let evaluation = metrics::evaluate(outcomes);
@@ -80,10 +82,21 @@ pub fn write(out: &Path, outcomes: &[ScanOutcome], unreadable: &Unreadable, mode
     let path = out.join("evaluation.md");
     fs::write(&path, markdown).map_err(io(&path))?;
 
-    let mut csv = String::from("series,centre,label,p_diseased,p_covid,infected_percent,truth_infected_percent\n");
+    let mut csv = String::from("series,centre,label,p_diseased,p_covid,infected_percent,truth_infected_percent,hu_infected_percent,band_percent\n");
     for o in outcomes {
         let truth = o.truth_infected_percent.map_or(String::new(), |t| format!("{t:.3}"));
-        csv.push_str(&format!("{},{},{},{:.6},{:.6},{:.3},{}\n", quote(&o.series), quote(&o.centre), o.label.name(), o.p_diseased, o.p_covid, o.infected_percent, truth));
+        csv.push_str(&format!(
+            "{},{},{},{:.6},{:.6},{:.3},{},{:.3},{:.3}\n",
+            quote(&o.series),
+            quote(&o.centre),
+            o.label.name(),
+            o.p_diseased,
+            o.p_covid,
+            o.infected_percent,
+            truth,
+            o.hu_infected_percent,
+            o.band_percent
+        ));
     }
     let path = out.join("scans.csv");
     fs::write(&path, csv).map_err(io(&path))?;

@@ -40,6 +40,13 @@ pub struct ScanOutcome {
     pub infected_percent: f64,
     /// Reference infected share in percent, for scans with an infection annotation.
     pub truth_infected_percent: Option<f64>,
+    /// Model-free share of the lung mask between -700 and +100 HU, in percent.
+    #[serde(default)]
+    pub hu_infected_percent: f64,
+    /// Model-free share of the lung mask inside the pseudo-infection band that training
+    /// labels from, in percent: what the infection heads are taught to find.
+    #[serde(default)]
+    pub band_percent: f64,
 }
 
 /// Evaluation of a set of scans, over all centres and per centre.
@@ -620,6 +627,8 @@ mod tests {
             p_covid,
             infected_percent: infected,
             truth_infected_percent: truth,
+            hu_infected_percent: 0.0,
+            band_percent: 0.0,
         }
     }
 
