@@ -190,7 +190,7 @@ pub fn preprocess(volume: &CtVolume, config: &PreprocessConfig) -> Result<Prepro
         });
     }
 
-    let band = InfectionBand::from_histogram(&crop_histogram(&lobes));
+    let band = InfectionBand::from_histogram(&crop_histogram(&lobes), patches::ground_glass_floor(median_hu, background_plausible));
     let model_free = quantify::model_free_shares(&hu_counts, &lobes, band.as_ref());
     let voxel_ml = volume.voxel_volume_mm3() / 1000.0;
     let facts = SeriesFacts {
