@@ -70,8 +70,12 @@ pub struct TrainArgs {
     #[arg(long)]
     max_train_scans: Option<usize>,
     /// Continue the run in --out from its last finished epoch.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "overwrite")]
     resume: bool,
+    /// Start again in an --out that already contains a run, replacing its files. Without
+    /// it (or --resume), such a folder is an error.
+    #[arg(long)]
+    overwrite: bool,
     /// Model card id [default: ghavami2020-CONFIG-trained].
     #[arg(long)]
     model_id: Option<String>,
@@ -106,6 +110,7 @@ pub struct EvaluateArgs {
     /// Lobes per forward pass.
     #[arg(long, default_value_t = DEFAULT_BATCH)]
     batch: usize,
+    /// libtorch threads [default: libtorch's choice].
     #[arg(long)]
     threads: Option<i32>,
 }
@@ -196,7 +201,7 @@ fn keep_large_buffers_on_the_heap() {
 
 pub fn run_train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
     keep_large_buffers_on_the_heap();
-    let manifest = Manifest::read(&args.manifest).with_context(|| format!("cannot use manifest {}", args.manifest.display()))?;
+    let manifest = Manifest::read(&args.manifest)?;
     let config = NetworkConfig::preset(&args.config).with_context(|| format!("unknown configuration {:?}: expected narrow or full", args.config))?;
     if let Some(threads) = args.threads {
         tch::set_num_threads(threads);
@@ -221,7 +226,12 @@ pub fn run_train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
         research_only: args.research_only,
     };
     let bars = Bars { bar: Mutex::new(None) };
-    let summary = trainer::train(&manifest, &options, &card, &args.out, args.resume, &bars)?;
+    let start = match (args.resume, args.overwrite) {
+        (true, _) => trainer::RunStart::Resume,
+        (false, true) => trainer::RunStart::Overwrite,
+        (false, false) => trainer::RunStart::New,
+    };
+    let summary = trainer::train(&manifest, &options, &card, &args.out, start, &bars)?;
     bars.with_bar(ProgressBar::finish_and_clear);
     println!(
         "trained on {} scans ({} validation, {} unreadable) in {:.0} s; best stage 1 epoch {}, validation accuracy {:.1}%",
@@ -238,7 +248,7 @@ pub fn run_train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn run_evaluate(args: &EvaluateArgs) -> anyhow::Result<ExitCode> {
-    let manifest = Manifest::read(&args.manifest).with_context(|| format!("cannot use manifest {}", args.manifest.display()))?;
+    let manifest = Manifest::read(&args.manifest)?;
     anyhow::ensure!(!manifest.entries.is_empty(), "manifest {} lists no scans", args.manifest.display());
     let mut model = Model::load(&args.model).with_context(|| format!("cannot use model {}", args.model.display()))?;
     let (device, why) = args.device.resolve()?;

@@ -133,14 +133,17 @@ pub enum TrainError {
     Model(#[from] ModelError),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
-    #[error("manifest: {0}")]
+    // The I/O error is in the message and not a source, so chains do not repeat it.
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
+    #[error(transparent)]
     Manifest(#[from] crate::manifest::ManifestError),
     #[error("no usable {part} scans: {detail}")]
     NoScans { part: &'static str, detail: String },
     #[error("cannot resume: {0}")]
     Resume(String),
+    #[error("{0} already contains a run (state.json). Pass --resume to continue it, --overwrite to start again there, or choose another --out")]
+    RunExists(String),
     #[error("invalid options: {0}")]
     Options(String),
     #[error("training diverged at stage {stage}, epoch {epoch}, batch {batch}: the loss is not a number. Try a lower --learning-rate. The checkpoint of the last finished epoch is kept")]
@@ -197,7 +200,7 @@ fn changed_options(stored: &TrainOptions, new: &TrainOptions) -> Vec<String> {
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io { path: path.display().to_string(), source }
+    move |error| TrainError::Io { path: path.display().to_string(), error }
 }
 
 /// One scan ready for training: its preprocessed series kept as a compressed bundle
@@ -590,15 +593,28 @@ pub struct TrainSummary {
     pub seconds: f64,
 }
 
-/// Runs both stages. With `resume`, continues the run in `run_dir` from its last finished
-/// epoch (the optimiser's moment estimates start again from zero there).
+/// How a run treats its folder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunStart {
+    /// A new run: the folder must not contain one already.
+    New,
+    /// Continue the run in the folder from its last finished epoch.
+    Resume,
+    /// Start again in the folder, replacing the run it contains.
+    Overwrite,
+}
+
+/// Runs both stages. With [`RunStart::Resume`], continues the run in `run_dir` from its
+/// last finished epoch (the optimiser's moment estimates start again from zero there).
 ///
 /// # Errors
 ///
 /// When the manifest has no usable training or validation scans, a file cannot be
-/// written, libtorch fails, or `resume` finds no compatible state.
-pub fn train(manifest: &Manifest, options: &TrainOptions, card: &CardText, run_dir: &Path, resume: bool, progress: &dyn Progress) -> Result<TrainSummary, TrainError> {
+/// written, libtorch fails, a resume finds no compatible state, or a new run finds a run
+/// in `run_dir`.
+pub fn train(manifest: &Manifest, options: &TrainOptions, card: &CardText, run_dir: &Path, start: RunStart, progress: &dyn Progress) -> Result<TrainSummary, TrainError> {
     let clock = Instant::now();
+    let resume = start == RunStart::Resume;
     if options.scans_per_batch == 0 || options.slices_per_scan == 0 || options.fine_scans_per_batch == 0 || options.fine_slices_per_scan == 0 {
         return Err(TrainError::Options("batch sizes and slices per scan must be at least 1".into()));
     }
@@ -609,8 +625,11 @@ pub fn train(manifest: &Manifest, options: &TrainOptions, card: &CardText, run_d
         return Err(TrainError::Options(format!("hold-out centres not in the manifest: {unknown:?}. Its centres are {centres:?}")));
     }
     options.config.validate().map_err(TrainError::Options)?;
-    fs::create_dir_all(run_dir).map_err(io_error(run_dir))?;
     let state_path = run_dir.join("state.json");
+    if start == RunStart::New && state_path.exists() {
+        return Err(TrainError::RunExists(run_dir.display().to_string()));
+    }
+    fs::create_dir_all(run_dir).map_err(io_error(run_dir))?;
     let checkpoint = run_dir.join("checkpoint.safetensors");
     let best_path = run_dir.join("best.safetensors");
     let mut state = if resume {
@@ -945,7 +964,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for rate in [0.0, -1e-4, f64::NAN] {
             let run = dir.path().join("run");
-            let result = train(&Manifest { entries: Vec::new() }, &options(3, Some(rate)), &CardText::default(), &run, false, &NoProgress);
+            let result = train(&Manifest { entries: Vec::new() }, &options(3, Some(rate)), &CardText::default(), &run, RunStart::New, &NoProgress);
             assert!(matches!(result, Err(TrainError::Options(ref m)) if m.contains("invalid final learning rate")), "{rate}: {:?}", result.err());
             assert!(!run.exists(), "the run folder was created");
         }
@@ -987,7 +1006,7 @@ mod tests {
         let mut holdout = options(1, None);
         holdout.holdout_centres = vec!["nrth".into()];
         let run = dir.path().join("run");
-        let result = train(&Manifest { entries: vec![entry] }, &holdout, &CardText::default(), &run, false, &NoProgress);
+        let result = train(&Manifest { entries: vec![entry] }, &holdout, &CardText::default(), &run, RunStart::New, &NoProgress);
         assert!(!run.exists(), "the run folder was created");
         match result {
             Err(TrainError::Options(message)) => {

@@ -6,7 +6,7 @@ use std::path::Path;
 use lungstream_infer::{Model, NetworkConfig};
 use lungstream_phantom::{write_series, Label, PhantomSpec};
 use lungstream_train::manifest::{Manifest, ManifestEntry};
-use lungstream_train::trainer::{self, CardText, EpochRecord, NoProgress, TrainOptions};
+use lungstream_train::trainer::{self, CardText, EpochRecord, NoProgress, RunStart, TrainOptions};
 use lungstream_train::ScanLabel;
 
 /// Writes a small phantom (128², 12 slices 20 mm apart) and returns its manifest entry.
@@ -93,7 +93,7 @@ fn a_run_writes_its_files_and_resumes() {
     options.share_features_after = Some(1);
     let card = CardText { id: "test-run".into(), trained_on: "phantoms of a test".into(), notes: "Not for use.".into(), research_only: true };
     let run = dir.path().join("run");
-    let summary = trainer::train(&manifest, &options, &card, &run, false, &NoProgress).unwrap();
+    let summary = trainer::train(&manifest, &options, &card, &run, RunStart::New, &NoProgress).unwrap();
     assert_eq!(summary.train_scans, 6);
     for file in ["train.csv", "validation.csv", "test.csv", "heldout.csv", "checkpoint.safetensors", "best.safetensors", "state.json", "loss.png", "model.safetensors"] {
         assert!(run.join(file).is_file(), "{file} missing");
@@ -112,13 +112,18 @@ fn a_run_writes_its_files_and_resumes() {
     assert!(weights["covid.vgg.conv3_3.weight"].equal(&weights["diseased.vgg.conv3_3.weight"]));
     assert!(weights["covid.vicinity.merge0.weight"].equal(&weights["diseased.vicinity.merge0.weight"]));
 
+    // A new run does not replace the finished one.
+    let second = trainer::train(&manifest, &options, &card, &run, RunStart::New, &NoProgress);
+    assert!(matches!(second, Err(trainer::TrainError::RunExists(_))), "{:?}", second.err());
+    assert!(run.join("model.safetensors").is_file());
+
     // A changed batch size cannot resume; one more stage 2 epoch can.
     options.scans_per_batch = 3;
-    let changed = trainer::train(&manifest, &options, &card, &run, true, &NoProgress);
+    let changed = trainer::train(&manifest, &options, &card, &run, RunStart::Resume, &NoProgress);
     assert!(changed.is_err(), "changed options must not resume silently");
     options.scans_per_batch = 6;
     options.fine_epochs = 2;
-    let again = trainer::train(&manifest, &options, &card, &run, true, &NoProgress).unwrap();
+    let again = trainer::train(&manifest, &options, &card, &run, RunStart::Resume, &NoProgress).unwrap();
     assert_eq!(again.train_scans, 6);
     let records: Vec<EpochRecord> = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let stages: Vec<(u8, usize)> = records.iter().map(|r| (r.stage, r.epoch)).collect();
