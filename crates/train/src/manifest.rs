@@ -67,19 +67,13 @@ pub struct Manifest {
 /// Failure to read or write a manifest.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("failed to read manifest {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    // The I/O error is part of the message, not a source, so that error chains (such as
+    // anyhow's `{:#}`) do not print it twice.
+    #[error("failed to read manifest {}: {error}", path.display())]
+    Read { path: PathBuf, error: std::io::Error },
 
-    #[error("failed to write manifest {}: {source}", path.display())]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("failed to write manifest {}: {error}", path.display())]
+    Write { path: PathBuf, error: std::io::Error },
 
     /// A line of the file breaks the format. `line` counts from 1, and a record with a
     /// quoted line break is reported at the line where it starts.
@@ -145,9 +139,9 @@ impl Manifest {
     /// an infected percentage that is not a number from 0 to 100, and a series listed
     /// twice.
     pub fn read(path: &Path) -> Result<Manifest, ManifestError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ManifestError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         let base = path.parent().unwrap_or(Path::new(""));
         Manifest::parse(&text, base).map_err(|(line, problem)| ManifestError::Invalid {
@@ -167,9 +161,9 @@ impl Manifest {
     /// [`ManifestError::NonUtf8Path`] for a series path that is not UTF-8, and
     /// [`ManifestError::Write`] when the file cannot be written.
     pub fn write(&self, path: &Path) -> Result<(), ManifestError> {
-        let write_error = |source| ManifestError::Write {
+        let write_error = |error| ManifestError::Write {
             path: path.to_path_buf(),
-            source,
+            error,
         };
         let base = match path.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent,
@@ -714,6 +708,10 @@ mod tests {
 
         let missing = Manifest::read(&dir.path().join("absent.csv")).unwrap_err();
         assert!(matches!(missing, ManifestError::Read { .. }), "{missing:?}");
+        // The message carries the I/O error, so it is not also the source: error chain
+        // printers would repeat it.
+        assert!(missing.to_string().contains("absent.csv"), "{missing}");
+        assert!(std::error::Error::source(&missing).is_none(), "{missing}");
     }
 
     #[test]
