@@ -236,7 +236,8 @@ impl TrainingScan {
     }
 }
 
-/// Reads and preprocesses one series folder.
+/// Reads and preprocesses one series folder. A phantom's `ground_truth.json` at its top
+/// is passed over: the reader would skip it anyway, with one log line per scan.
 ///
 /// # Errors
 ///
@@ -245,10 +246,26 @@ pub fn load_series(path: &Path) -> Result<PreprocessedSeries, String> {
     if !path.is_dir() {
         return Err(format!("series folder not found: {}", path.display()));
     }
+    let inputs = series_inputs(path).map_err(|e| format!("cannot list series folder {}: {e}", path.display()))?;
     let reader = ReaderConfig::default();
-    let mut inventory = Inventory::scan(&[path.to_path_buf()], &reader);
+    let mut inventory = Inventory::scan(&inputs, &reader);
     let volume = inventory.load_selected(&reader).map_err(|e| format!("{e} (reason code {})", e.reason()))?;
     preprocess(&volume, &PreprocessConfig::default()).map_err(|e| format!("{e} (reason code {})", e.reason()))
+}
+
+/// The entries of a series folder for the reader, in name order, without a phantom's
+/// ground truth file. Subfolders stay whole: the reader searches them itself.
+fn series_inputs(folder: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut inputs = Vec::new();
+    for entry in fs::read_dir(folder)? {
+        let entry = entry?;
+        if entry.file_name() == lungstream_phantom::GROUND_TRUTH_FILE && entry.file_type()?.is_file() {
+            continue;
+        }
+        inputs.push(entry.path());
+    }
+    inputs.sort();
+    Ok(inputs)
 }
 
 /// Loads scans in parallel; a scan that cannot be read is logged with its reason and
@@ -1024,4 +1041,15 @@ mod tests {
         assert!(reason.starts_with("series folder not found"), "{reason}");
     }
 
+    #[test]
+    fn series_inputs_skip_the_ground_truth() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["b.dcm", "a.dcm", lungstream_phantom::GROUND_TRUTH_FILE, "notes.txt"] {
+            fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        // A folder of that name is not the phantom's file, and the reader searches it.
+        fs::create_dir_all(dir.path().join("sub").join(lungstream_phantom::GROUND_TRUTH_FILE)).unwrap();
+        let names: Vec<String> = series_inputs(dir.path()).unwrap().iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["a.dcm", "b.dcm", "notes.txt", "sub"]);
+    }
 }
