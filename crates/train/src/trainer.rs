@@ -253,8 +253,8 @@ pub fn load_series(path: &Path) -> Result<PreprocessedSeries, String> {
     preprocess(&volume, &PreprocessConfig::default()).map_err(|e| format!("{e} (reason code {})", e.reason()))
 }
 
-/// The entries of a series folder for the reader, in name order, without a phantom's
-/// ground truth file. Subfolders stay whole: the reader searches them itself.
+/// Lists the entries of a series folder for the reader, in name order, without a
+/// phantom's ground truth file. Subfolders are passed whole, and the reader searches them.
 fn series_inputs(folder: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut inputs = Vec::new();
     for entry in fs::read_dir(folder)? {
@@ -610,7 +610,8 @@ pub struct TrainSummary {
     pub seconds: f64,
 }
 
-/// How a run treats its folder.
+/// Start mode of a run: whether its folder may already contain a run, and what becomes
+/// of that run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunStart {
     /// A new run: the folder must not contain one already.

@@ -105,9 +105,9 @@ impl InfectionBand {
     /// The lower threshold departs from the method where `ground_glass_floor` (-700 HU in
     /// normalised units, the usual lower bound of ground glass, see
     /// [`ground_glass_floor`]) lies below the standard deviation. The standard deviation
-    /// follows how much soft tissue the crops hold, not the lung. On the phantoms it sits
-    /// near -570 HU and left the faint third of ground glass (-700 to -570 HU) outside
-    /// the band, so the infection heads learned to miss it and the infected share of
+    /// follows how much soft tissue the crops contain, not the lung. On the phantoms it is
+    /// near -570 HU, which left the faint third of ground glass (-700 to -570 HU) outside
+    /// the band. The infection heads then learned to miss it, and the infected share of
     /// COVID-19 scans came out at about 60% of the truth. `None` keeps the method's
     /// threshold.
     pub fn from_histogram(histogram: &[u64], ground_glass_floor: Option<f64>) -> Option<InfectionBand> {
@@ -148,9 +148,9 @@ impl InfectionBand {
     }
 }
 
-/// The lower bound of ground glass (-700 HU) in the normalised units of a series whose
-/// background median is `background_median_hu`, or `None` when that median is not
-/// plausibly air: the normalised values then do not map to HU.
+/// Returns the lower bound of ground glass (-700 HU) in the normalised units of a series
+/// whose background median is `background_median_hu`. Returns `None` when that median is
+/// not plausibly air, because the normalised values then do not map to HU.
 pub fn ground_glass_floor(background_median_hu: f64, background_plausible: bool) -> Option<f64> {
     background_plausible.then(|| (f64::from(crate::quantify::GROUND_GLASS_HU.0) - background_median_hu).max(0.0))
 }
@@ -304,7 +304,8 @@ mod tests {
         let band = InfectionBand::from_histogram(&histogram, Some(floor)).unwrap();
         assert_eq!(band.lower, 300.0);
         assert_eq!(band.upper, method.upper, "the floor does not move the valley");
-        assert!(band.contains(330.0) && !band.contains(150.0));
+        assert!(band.contains(330.0), "faint ground glass is in the band");
+        assert!(!band.contains(150.0), "healthy lung is not in the band");
 
         // A floor above the standard deviation leaves the method's threshold.
         let band = InfectionBand::from_histogram(&histogram, Some(900.0)).unwrap();
