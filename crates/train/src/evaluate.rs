@@ -134,6 +134,7 @@ pub fn roc_chart(outcomes: &[ScanOutcome]) -> Vec<u8> {
             y_label: "true positive rate".into(),
             x_range: Some((0.0, 1.0)),
             y_range: Some((0.0, 1.0)),
+            whole_x: false,
             series,
         },
         640,

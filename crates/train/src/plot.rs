@@ -31,6 +31,8 @@ pub struct Chart {
     pub x_range: Option<(f64, f64)>,
     /// Visible y range, with the same rules as `x_range`.
     pub y_range: Option<(f64, f64)>,
+    /// The x values count something, such as epochs: x ticks fall on whole numbers only.
+    pub whole_x: bool,
     pub series: Vec<Series>,
 }
 
@@ -156,7 +158,13 @@ struct Ticks {
 impl Ticks {
     /// Places ticks at the multiples of a step of 1, 2 or 5 × 10^k that fall inside the
     /// range, choosing the step that gives about `target` intervals.
-    fn new((low, high): (f64, f64), target: usize) -> Ticks {
+    fn new(range: (f64, f64), target: usize) -> Ticks {
+        Ticks::spaced(range, target, false)
+    }
+
+    /// Places ticks as [`Ticks::new`] does, and with `whole` a step of at least 1, for an
+    /// axis that counts.
+    fn spaced((low, high): (f64, f64), target: usize, whole: bool) -> Ticks {
         let raw_step = (high - low) / target.max(1) as f64;
         // Beyond about 1e15 steps from zero, f64 cannot tell neighbouring ticks apart.
         let max_steps_from_zero = low.abs().max(high.abs()) / raw_step;
@@ -172,6 +180,7 @@ impl Ticks {
             f if f < 7.0 => (5, exponent),
             _ => (1, exponent + 1),
         };
+        let (multiplier, exponent) = if whole && exponent < 0 { (1, 0) } else { (multiplier, exponent) };
         let step = multiplier as f64 * 10f64.powi(exponent);
 
         // A small tolerance keeps ends such as 1.0 = 5 × 0.2 despite rounding.
@@ -276,14 +285,14 @@ impl Layout {
 
         // Fewer x ticks when their labels would touch. The last label is centred on the
         // right edge, so half of it must fit inside the image.
-        let mut x_ticks = Ticks::new(x_range, TICK_TARGET);
+        let mut x_ticks = Ticks::spaced(x_range, TICK_TARGET, chart.whole_x);
         let mut right = width - 1 - style.padding.max(x_ticks.max_label_width(scale) / 2 + scale);
         for target in (2..TICK_TARGET).rev() {
             let spacing = (right - left) as f64 * x_ticks.step / (x_range.1 - x_range.0);
             if spacing >= (x_ticks.max_label_width(scale) + 4 * scale) as f64 {
                 break;
             }
-            x_ticks = Ticks::new(x_range, target);
+            x_ticks = Ticks::spaced(x_range, target, chart.whole_x);
             right = width - 1 - style.padding.max(x_ticks.max_label_width(scale) / 2 + scale);
         }
 
@@ -756,6 +765,7 @@ mod tests {
             y_label: "y value".into(),
             x_range: Some((0.0, 1.0)),
             y_range: Some((0.0, 1.0)),
+            whole_x: false,
             series,
         }
     }
@@ -941,6 +951,15 @@ mod tests {
     }
 
     #[test]
+    fn whole_ticks_skip_fractions() {
+        // One epoch: the range is widened to 0.5..1.5, where plain ticks step by 0.2.
+        assert_eq!(Ticks::new((0.5, 1.5), 5).labels, ["0.6", "0.8", "1.0", "1.2", "1.4"]);
+        assert_eq!(Ticks::spaced((0.5, 1.5), 5, true).labels, ["1"]);
+        assert_eq!(Ticks::spaced((0.9, 3.1), 5, true).labels, ["1", "2", "3"]);
+        assert_eq!(Ticks::spaced((0.55, 20.45), 5, true).labels, ["5", "10", "15", "20"]);
+    }
+
+    #[test]
     fn ticks_scientific() {
         assert_eq!(Ticks::new((0.0, 2e7), 4).labels, ["0", "5e6", "1e7", "1.5e7", "2e7"]);
         assert_eq!(Ticks::new((0.0, 2e-5), 4).labels, ["0", "5e-6", "1e-5", "1.5e-5", "2e-5"]);
@@ -994,6 +1013,7 @@ mod tests {
             y_label: "true positive rate".into(),
             x_range: Some((0.0, 1.0)),
             y_range: Some((0.0, 1.0)),
+            whole_x: false,
             series: vec![
                 line("diseased vs healthy (AUC 0.97)", vec![(0.0, 0.0), (0.0, 0.6), (0.05, 0.8), (0.1, 0.93), (0.3, 0.98), (1.0, 1.0)], BLUE, false),
                 line("COVID-19 vs other disease", vec![(0.0, 0.0), (0.1, 0.5), (0.2, 0.85), (0.5, 0.95), (1.0, 1.0)], RED, false),
@@ -1010,6 +1030,7 @@ mod tests {
             y_label: "loss, accuracy".into(),
             x_range: None,
             y_range: None,
+            whole_x: true,
             series: vec![
                 line("stage 1 training loss", loss, BLUE, false),
                 line("validation accuracy", accuracy, [44, 160, 44], true),

@@ -882,7 +882,7 @@ pub fn loss_chart(records: &[EpochRecord]) -> Vec<u8> {
         Series { name: "stage 2 fine loss".into(), points: stage2.iter().map(|r| (offset + r.epoch as f64, r.train.fine)).collect(), colour: [214, 39, 40], dashed: false },
     ];
     plot::render_png(
-        &Chart { title: "Training".into(), x_label: "epoch".into(), y_label: "loss, accuracy".into(), x_range: None, y_range: None, series },
+        &Chart { title: "Training".into(), x_label: "epoch".into(), y_label: "loss, accuracy".into(), x_range: None, y_range: None, whole_x: true, series },
         800,
         500,
     )
