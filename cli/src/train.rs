@@ -175,7 +175,7 @@ impl Progress for Bars {
             100.0 * v.diseased_accuracy,
             100.0 * v.covid_accuracy,
             v.lobe_spread,
-            v.infected_error.map_or(String::new(), |e| format!(", infected share error {e:.2} points")),
+            v.infected_error.map_or(String::new(), |e| format!(", infected share error {e:.2} points (mean {:.2})", v.infected_mean_error.unwrap_or(e))),
             if record.best { ", best so far" } else { "" },
             record.seconds
         );

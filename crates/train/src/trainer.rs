@@ -490,6 +490,11 @@ pub struct Validation {
     /// Median absolute error of the infected share, percentage points, over scans whose
     /// truth is known.
     pub infected_error: Option<f64>,
+    /// Mean absolute error of the infected share over the same scans. Stage 2 keeps the
+    /// epoch where it is smallest: when most validation scans are healthy, their near-zero
+    /// errors set the median, and only the mean follows the diseased scans.
+    #[serde(default)]
+    pub infected_mean_error: Option<f64>,
     /// Standard deviation of P(diseased) over all validation lobes. Near 0 the network
     /// gives every lobe the same output, which a too high learning rate can cause.
     #[serde(default)]
@@ -538,8 +543,13 @@ pub fn validate(model: &Model, scans: &[TrainingScan]) -> Result<Validation, Tra
         diseased_accuracy: diseased_right as f64 / n,
         covid_accuracy: if covid_total == 0 { 1.0 } else { covid_right as f64 / covid_total as f64 },
         loss: loss / n,
+        infected_mean_error: average(&errors),
         infected_error: median(&mut errors),
     })
+}
+
+fn average(values: &[f64]) -> Option<f64> {
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
 }
 
 fn median(values: &mut [f64]) -> Option<f64> {
@@ -595,7 +605,11 @@ struct RunState {
     best_epoch: Option<usize>,
     best_accuracy: f64,
     best_loss: f64,
-    best_infected_error: Option<f64>,
+    /// Smallest mean error of the infected share over the stage 2 epochs so far. Older
+    /// state files stored the median under another name, which is ignored, so the first
+    /// stage 2 epoch after resuming such a run sets the mark again.
+    #[serde(default)]
+    best_infected_mean_error: Option<f64>,
 }
 
 /// Summary of a finished run.
@@ -663,7 +677,7 @@ pub fn train(manifest: &Manifest, options: &TrainOptions, card: &CardText, run_d
         }
         RunState { options: options.clone(), ..state }
     } else {
-        RunState { options: options.clone(), stage: 1, epochs_done: 0, best_epoch: None, best_accuracy: -1.0, best_loss: f64::INFINITY, best_infected_error: None }
+        RunState { options: options.clone(), stage: 1, epochs_done: 0, best_epoch: None, best_accuracy: -1.0, best_loss: f64::INFINITY, best_infected_mean_error: None }
     };
 
     // The split, written as manifests so that `evaluate` can take the test part.
@@ -801,14 +815,14 @@ pub fn train(manifest: &Manifest, options: &TrainOptions, card: &CardText, run_d
                 progress.batch(2, epoch, b + 1, &values);
             }
             let validation_result = tch::no_grad(|| validate(&model, &validation))?;
-            // Stage 2 changes only the fine map: keep the epoch with the smallest error of
-            // the infected share where the truth is known, else the last one.
-            let better = match (validation_result.infected_error, state.best_infected_error) {
+            // Stage 2 changes only the fine map: keep the epoch with the smallest mean error
+            // of the infected share where the truth is known, else the last one.
+            let better = match (validation_result.infected_mean_error, state.best_infected_mean_error) {
                 (Some(now), Some(best)) => now <= best,
                 _ => true,
             };
             if better {
-                state.best_infected_error = validation_result.infected_error;
+                state.best_infected_mean_error = validation_result.infected_mean_error;
                 label_card(&mut model, card, options, &format!("stage 2, epoch {epoch}"))?;
                 model.save(&best_path)?;
             }
@@ -1033,6 +1047,16 @@ mod tests {
             }
             other => panic!("expected an options error, got {:?}", other.err()),
         }
+    }
+
+    #[test]
+    fn mean_error_follows_the_diseased_scans() {
+        // Three healthy scans measured right and one diseased scan 9 points off: the
+        // median hides the diseased scan, the mean does not.
+        let mut errors = [0.0, 9.0, 0.0, 0.0];
+        assert_eq!(average(&errors), Some(2.25));
+        assert_eq!(median(&mut errors), Some(0.0));
+        assert_eq!(average(&[]), None);
     }
 
     #[test]
