@@ -455,19 +455,26 @@ fn calibration(scores: &[f64], positive: &[bool]) -> Calibration {
     Calibration { bins, expected_calibration_error, brier_score }
 }
 
+/// Returns the mean and the median of `values`, which it sorts. Both are `None` for no
+/// values.
+pub(crate) fn mean_and_median(values: &mut [f64]) -> (Option<f64>, Option<f64>) {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    let median = match n {
+        0 => None,
+        n if n % 2 == 1 => Some(values[n / 2]),
+        n => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    };
+    let mean = (n > 0).then(|| values.iter().sum::<f64>() / n as f64);
+    (mean, median)
+}
+
 fn infected_share_error(outcomes: &[&ScanOutcome]) -> InfectedShareError {
     let mut errors: Vec<f64> = outcomes.iter().filter_map(|o| Some((o.infected_percent - o.truth_infected_percent?).abs())).collect();
-    errors.sort_by(f64::total_cmp);
-
-    let scans = errors.len();
-    let median_absolute_error = match scans {
-        0 => None,
-        n if n % 2 == 1 => Some(errors[n / 2]),
-        n => Some((errors[n / 2 - 1] + errors[n / 2]) / 2.0),
-    };
+    let (mean_absolute_error, median_absolute_error) = mean_and_median(&mut errors);
     InfectedShareError {
-        scans,
-        mean_absolute_error: (scans > 0).then(|| errors.iter().sum::<f64>() / scans as f64),
+        scans: errors.len(),
+        mean_absolute_error,
         median_absolute_error,
         within_3_points: errors.iter().filter(|&&e| e <= INFECTED_SHARE_TOLERANCE).count(),
     }

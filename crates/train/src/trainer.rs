@@ -535,6 +535,7 @@ pub fn validate(model: &Model, scans: &[TrainingScan]) -> Result<Validation, Tra
         }
     }
     let n = scans.len().max(1) as f64;
+    let (infected_mean_error, infected_error) = crate::metrics::mean_and_median(&mut errors);
     let mean = lobe_p.iter().sum::<f64>() / lobe_p.len().max(1) as f64;
     let lobe_spread = (lobe_p.iter().map(|p| (p - mean).powi(2)).sum::<f64>() / lobe_p.len().max(1) as f64).sqrt();
     Ok(Validation {
@@ -543,22 +544,9 @@ pub fn validate(model: &Model, scans: &[TrainingScan]) -> Result<Validation, Tra
         diseased_accuracy: diseased_right as f64 / n,
         covid_accuracy: if covid_total == 0 { 1.0 } else { covid_right as f64 / covid_total as f64 },
         loss: loss / n,
-        infected_mean_error: average(&errors),
-        infected_error: median(&mut errors),
+        infected_mean_error,
+        infected_error,
     })
-}
-
-fn average(values: &[f64]) -> Option<f64> {
-    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
-}
-
-fn median(values: &mut [f64]) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    Some(if values.len() % 2 == 0 { (values[mid - 1] + values[mid]) / 2.0 } else { values[mid] })
 }
 
 /// One line of `metrics.jsonl`.
@@ -1054,9 +1042,10 @@ mod tests {
         // Three healthy scans measured right and one diseased scan 9 points off: the
         // median hides the diseased scan, the mean does not.
         let mut errors = [0.0, 9.0, 0.0, 0.0];
-        assert_eq!(average(&errors), Some(2.25));
-        assert_eq!(median(&mut errors), Some(0.0));
-        assert_eq!(average(&[]), None);
+        let (mean, median) = crate::metrics::mean_and_median(&mut errors);
+        assert_eq!(mean, Some(2.25));
+        assert_eq!(median, Some(0.0));
+        assert_eq!(crate::metrics::mean_and_median(&mut []), (None, None));
     }
 
     #[test]
